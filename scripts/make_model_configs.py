@@ -1,0 +1,42 @@
+"""Regenerate model_configs/*.json (our schema) from the architecture facts in open_clip 3.3.0's configs.
+
+Dev-time only: needs open_clip_torch installed. The architecture numbers (widths, depths, patch sizes)
+come from open_clip's model_configs (MIT licence, https://github.com/mlfoundations/open_clip).
+Usage: python scripts/make_model_configs.py
+"""
+
+import json
+from pathlib import Path
+
+import open_clip
+
+from open_mclip.config import ModelConfig
+
+ARCHITECTURES = [
+    "ViT-S-32", "ViT-S-16", "ViT-M-32", "ViT-M-16",
+    "ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-B-16-quickgelu", "ViT-B-16-plus-240",
+    "ViT-L-14", "ViT-L-14-quickgelu", "ViT-L-14-336", "ViT-L-14-336-quickgelu",
+    "ViT-H-14", "ViT-H-14-quickgelu", "ViT-g-14", "ViT-bigG-14", "ViT-bigG-14-quickgelu", "ViT-e-14",
+    "RN50", "RN50-quickgelu", "RN101", "RN101-quickgelu", "RN50x4", "RN50x4-quickgelu",
+    "RN50x16", "RN50x16-quickgelu", "RN50x64", "RN50x64-quickgelu", "convnext_base",
+]  # fmt: skip
+
+
+def compact_json(data: dict) -> str:
+    """One line per top-level key: a whole tower reads at a glance."""
+    body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in data.items())
+    return "{\n" + body + "\n}\n"
+
+
+def main() -> None:
+    source = Path(open_clip.__file__).parent / "model_configs"
+    target = Path(__file__).resolve().parents[1] / "model_configs"
+    for name in ARCHITECTURES:
+        path = source / f"{name}.json"
+        cfg = ModelConfig.from_dict(json.loads(path.read_text()), source=str(path))
+        (target / f"{name}.json").write_text(compact_json(cfg.to_dict()))
+    print(f"wrote {len(ARCHITECTURES)} configs to {target}")
+
+
+if __name__ == "__main__":
+    main()

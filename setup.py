@@ -1,0 +1,44 @@
+"""Packaging for open_mclip (the library) and training (the trainer), src layout."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+EXTRAS = {
+    "training": ["webdataset>=0.2.86", "braceexpand", "pandas", "tensorboard"],
+    "hf": ["transformers>=4.40", "tokenizers", "sentencepiece", "protobuf"],
+    "timm": ["timm>=1.0"],
+}
+EXTRAS["test"] = sorted(
+    set(EXTRAS["training"] + EXTRAS["hf"] + EXTRAS["timm"])
+    | {
+        "pytest>=8",
+        "pytest-xdist",
+        "open_clip_torch==3.3.0",  # the reference our models, tokenizer and transforms are checked against
+        "torchvision",  # open_clip needs it; our library does not
+        "scikit-image",
+        "scikit-learn",
+        "matplotlib",
+        "ruff",
+    }
+)
+
+setup(
+    name="open_mclip",
+    version="0.1.0",
+    description="CLIP-style contrastive image-text models and trainer, multilingual first; loads open_clip checkpoints",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    package_data={
+        "open_mclip": ["bpe_simple_vocab_16e6.txt.gz", "NOTICE_bpe_vocab.md", "model_configs/*.json", "pretrained.json"]
+    },
+    include_package_data=True,
+    install_requires=["torch>=2.1", "numpy", "Pillow", "ftfy", "regex", "huggingface_hub", "safetensors", "tqdm"],
+    extras_require=EXTRAS,
+)

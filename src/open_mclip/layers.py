@@ -1,0 +1,188 @@
+"""Building blocks shared by the towers: norms, activations, SDPA attention, residual blocks, pooling.
+
+Parameter names follow open_clip's (``attn.in_proj_weight``, ``mlp.c_fc``, ``ls_1.gamma``...) so that its
+checkpoints map onto ours without renaming individual weights.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 and cast back, so fp16/bf16 weights or inputs stay stable."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the activation OpenAI's CLIP weights were trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_activation(name: str) -> nn.Module:
+    """`gelu` (exact erf GELU) or `quick_gelu`."""
+    if name == "gelu":
+        return nn.GELU()
+    if name == "quick_gelu":
+        return QuickGELU()
+    raise ValueError(f"unknown activation {name!r}; use 'gelu' or 'quick_gelu'")
+
+
+class LayerScale(nn.Module):
+    """Per-channel learned residual scale (CaiT)."""
+
+    def __init__(self, dim: int, init_value: float):
+        super().__init__()
+        self.gamma = nn.Parameter(init_value * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through `F.scaled_dot_product_attention` (flash/memory-efficient kernels)."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"attention width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self, x: torch.Tensor, *, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (batch, tokens, 3 * width)
+        qkv = qkv.view(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (batch, heads, tokens, head_width)
+        if attn_mask is not None and attn_mask.dtype != torch.bool:
+            attn_mask = attn_mask.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        out = out.transpose(1, 2).reshape(batch, tokens, width)  # (batch, tokens, width)
+        return self.out_proj(out)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm Transformer block: x + attn(ln(x)), then x + mlp(ln(x)), with optional LayerScale."""
+
+    def __init__(
+        self, width: int, heads: int, *, mlp_ratio: float, act: str, ls_init_value: float | None, norm_eps: float
+    ):
+        super().__init__()
+        self.ln_1 = LayerNorm(width, eps=norm_eps)
+        self.attn = Attention(width, heads)
+        self.ls_1 = LayerScale(width, ls_init_value) if ls_init_value is not None else nn.Identity()
+        self.ln_2 = LayerNorm(width, eps=norm_eps)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(width, hidden)),
+                    ("gelu", make_activation(act)),
+                    ("c_proj", nn.Linear(hidden, width)),
+                ]
+            )
+        )
+        self.ls_2 = LayerScale(width, ls_init_value) if ls_init_value is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        x = x + self.ls_1(self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal))
+        return x + self.ls_2(self.mlp(self.ln_2(x)))
+
+
+class Transformer(nn.Module):
+    """A stack of residual attention blocks, batch-first, with optional gradient checkpointing per block."""
+
+    def __init__(
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        act: str = "gelu",
+        ls_init_value: float | None = None,
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.width = width
+        self.grad_checkpointing = False
+        self.resblocks = nn.ModuleList(
+            ResidualAttentionBlock(
+                width, heads, mlp_ratio=mlp_ratio, act=act, ls_init_value=ls_init_value, norm_eps=norm_eps
+            )
+            for _ in range(layers)
+        )
+
+    def forward(
+        self, x: torch.Tensor, *, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        for block in self.resblocks:  # x: (batch, tokens, width)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, attn_mask, is_causal, use_reentrant=False)
+            else:
+                x = block(x, attn_mask, is_causal)
+        return x
+
+    def init_weights(self) -> None:
+        """CLIP's init: attention/MLP weights scaled by width and depth (as OpenAI and open_clip do)."""
+        layers = max(len(self.resblocks), 1)
+        proj_std = (self.width**-0.5) * ((2 * layers) ** -0.5)
+        for block in self.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=self.width**-0.5)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * self.width) ** -0.5)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+
+
+class PatchDropout(nn.Module):
+    """Keep a random subset of patch tokens while training (FLIP, arXiv:2212.00794); the class token is kept."""
+
+    def __init__(self, prob: float):
+        super().__init__()
+        if not 0.0 <= prob < 1.0:
+            raise ValueError(f"patch dropout probability {prob} must be in [0, 1)")
+        self.prob = prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.prob == 0.0:
+            return x
+        cls_token, patches = x[:, :1], x[:, 1:]  # (batch, 1, width), (batch, patches, width)
+        batch, num = patches.shape[:2]
+        keep = max(1, int(num * (1.0 - self.prob)))
+        idx = torch.randn(batch, num, device=x.device).topk(keep, dim=-1).indices  # (batch, keep)
+        patches = patches.gather(1, idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        return torch.cat([cls_token, patches], dim=1)
+
+
+class AttentionalPooler(nn.Module):
+    """Cross-attention from learned queries onto the token sequence (CoCa-style pooling)."""
+
+    def __init__(self, dim: int, context_dim: int, *, heads: int, queries: int, norm_eps: float = 1e-5):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(queries, dim))
+        # nn.MultiheadAttention keeps open_clip's parameter names (in_proj_weight or q/k/v_proj_weight)
+        self.attn = nn.MultiheadAttention(dim, heads, kdim=context_dim, vdim=context_dim, batch_first=True)
+        self.ln_q = LayerNorm(dim, eps=norm_eps)
+        self.ln_k = LayerNorm(context_dim, eps=norm_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.ln_k(x)  # (batch, tokens, context_dim)
+        q = self.ln_q(self.query).unsqueeze(0).expand(x.shape[0], -1, -1)  # (batch, queries, dim)
+        return self.attn(q, x, x, need_weights=False)[0]

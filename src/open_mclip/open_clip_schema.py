@@ -1,0 +1,167 @@
+"""Translate open_clip's model-config schema (``vision_cfg``/``text_cfg``) into ours.
+
+open_clip infers the tower type from the shape of fields (``layers`` as a list means ModifiedResNet,
+``timm_model_name`` means timm); here that inference happens once, at the boundary, and our configs carry an
+explicit ``type``. Features we do not implement fail with the file and key named instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# open_clip keys that are accepted only while they hold their "feature off" value
+_OFF_VALUES: dict[str, tuple] = {
+    "output_tokens": (False,),
+    "block_type": (None, "default"),
+    "qk_norm": (False,),
+    "scaled_cosine_attn": (False,),
+    "scale_heads": (False,),
+    "scale_attn_inner": (False,),
+    "scale_attn": (False,),
+    "scale_fc": (False,),
+    "pos_embed_type": ("learnable",),
+    "embed_cls": (False,),
+    "nonscalar_logit_scale": (False,),
+    "custom_text": (False, True),  # one CLIP class serves both open_clip layouts
+    "tokenizer_mode": (None,),
+}
+_PREPROCESS_KEYS = {
+    "image_mean": "mean",
+    "image_std": "std",
+    "interpolation": "interpolation",
+    "resize_mode": "resize_mode",
+}
+_VIT_KEYS = {
+    "image_size", "patch_size", "width", "layers", "head_width", "mlp_ratio", "ls_init_value", "patch_dropout",
+    "no_ln_pre", "pool_type", "final_ln_after_pool", "attentional_pool", "attn_pooler_queries", "attn_pooler_heads",
+}  # fmt: skip
+_TIMM_KEYS = {
+    "timm_model_name": "model_name", "timm_model_pretrained": "pretrained", "timm_pool": "pool",
+    "timm_proj": "proj", "timm_proj_bias": "proj_bias", "timm_drop": "drop", "timm_drop_path": "drop_path",
+    "image_size": "image_size", "patch_dropout": "patch_dropout",
+}  # fmt: skip
+_TEXT_KEYS = {
+    "context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value", "pad_id", "eos_id",
+    "pool_type", "proj_bias", "proj_type",
+}  # fmt: skip
+
+
+def _unsupported(source: str, where: str, key: str, value: Any) -> ValueError:
+    return ValueError(f"{source}: {where}.{key}={value!r} is an open_clip feature open_mclip does not support")
+
+
+def _norm_and_act(cfg: dict, out: dict, *, quick_gelu: bool, source: str, where: str) -> None:
+    """Map quick_gelu / act_kwargs / norm_kwargs onto our `act` and `norm_eps` fields."""
+    out["act"] = "quick_gelu" if quick_gelu else "gelu"
+    if cfg.get("act_kwargs"):
+        raise _unsupported(source, where, "act_kwargs", cfg["act_kwargs"])
+    norm_kwargs = dict(cfg.get("norm_kwargs") or {})
+    if "eps" in norm_kwargs:
+        out["norm_eps"] = float(norm_kwargs.pop("eps"))
+    if norm_kwargs:
+        raise _unsupported(source, where, "norm_kwargs", norm_kwargs)
+
+
+def _take_off_values(cfg: dict, source: str, where: str) -> dict:
+    """Drop keys holding their feature-off value; raise on those that turn an unsupported feature on."""
+    rest = {}
+    for key, value in cfg.items():
+        if key in _OFF_VALUES:
+            if value not in _OFF_VALUES[key]:
+                raise _unsupported(source, where, key, value)
+        else:
+            rest[key] = value
+    return rest
+
+
+def _vision(cfg: dict, *, quick_gelu: bool, preprocess: dict, source: str) -> dict:
+    cfg = _take_off_values(cfg, source, "vision_cfg")
+    for key, ours in _PREPROCESS_KEYS.items():
+        if key in cfg:
+            preprocess[ours] = cfg.pop(key)
+    if cfg.get("timm_model_name"):
+        out = {"type": "timm"}
+        keys = _TIMM_KEYS
+        cfg = {k: v for k, v in cfg.items() if k not in ("layers", "width", "patch_size", "head_width")}
+    elif isinstance(cfg.get("layers"), (list, tuple)):
+        out = {"type": "modified_resnet"}
+        keys = {"image_size": "image_size", "layers": "layers", "width": "width", "head_width": "head_width"}
+        cfg = {k: v for k, v in cfg.items() if not (k == "patch_size" and v is None)}
+    else:
+        out = {"type": "vit"}
+        keys = {k: k for k in _VIT_KEYS}
+        _norm_and_act(cfg, out, quick_gelu=quick_gelu, source=source, where="vision_cfg")
+        cfg = {k: v for k, v in cfg.items() if k not in ("act_kwargs", "norm_kwargs")}
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("timm_") or out["type"] == "timm"}
+    for key, value in cfg.items():
+        if key not in keys:
+            raise _unsupported(source, "vision_cfg", key, value)
+        out[keys[key]] = value
+    return out
+
+
+def _text(cfg: dict, *, quick_gelu: bool, source: str) -> dict:
+    cfg = _take_off_values(cfg, source, "text_cfg")
+    cfg.pop("final_ln_after_pool", None)  # declared by open_clip's text config but never used by its text tower
+    if cfg.get("hf_model_name"):
+        out = {
+            "type": "hf",
+            "model_name": cfg.pop("hf_model_name"),
+            "pretrained": cfg.pop("hf_model_pretrained", True),
+            "proj_type": cfg.pop("hf_proj_type", "mlp"),
+            "pooler_type": cfg.pop("hf_pooler_type", "mean_pooler"),
+        }
+        for key in (
+            "context_length",
+            "vocab_size",
+            "hf_tokenizer_name",
+            "tokenizer_kwargs",
+            "width",
+            "heads",
+            "layers",
+        ):
+            if key in cfg:
+                out[key] = cfg.pop(key)
+        if cfg:
+            raise _unsupported(source, "text_cfg", next(iter(cfg)), cfg[next(iter(cfg))])
+        return out
+    out: dict[str, Any] = {"type": "transformer"}
+    _norm_and_act(cfg, out, quick_gelu=quick_gelu, source=source, where="text_cfg")
+    if cfg.pop("no_causal_mask", False):
+        out["causal"] = False
+    if cfg.get("hf_tokenizer_name"):
+        out["tokenizer"] = cfg["hf_tokenizer_name"]
+    if cfg.get("tokenizer_kwargs"):
+        out["tokenizer_kwargs"] = dict(cfg["tokenizer_kwargs"])
+    ignored = ("act_kwargs", "norm_kwargs", "hf_tokenizer_name", "tokenizer_kwargs", "hf_model_pretrained",
+               "hf_proj_type", "hf_pooler_type", "hf_model_name")  # fmt: skip
+    for key, value in cfg.items():
+        if key in ignored:
+            continue
+        if key not in _TEXT_KEYS:
+            raise _unsupported(source, "text_cfg", key, value)
+        out[key] = value
+    return out
+
+
+def convert_open_clip_config(data: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """Return our-schema dict for an open_clip config dict; raise ValueError naming `source` and the key."""
+    data = _take_off_values(dict(data), source, "config")
+    quick_gelu = bool(data.pop("quick_gelu", False))
+    if "multimodal_cfg" in data:
+        raise _unsupported(source, "config", "multimodal_cfg", "(CoCa)")
+    preprocess = dict(data.pop("preprocess_cfg", {}) or {})
+    out: dict[str, Any] = {
+        "embed_dim": data.pop("embed_dim"),
+        "vision": _vision(dict(data.pop("vision_cfg")), quick_gelu=quick_gelu, preprocess=preprocess, source=source),
+        "text": _text(dict(data.pop("text_cfg")), quick_gelu=quick_gelu, source=source),
+    }
+    for key in ("init_logit_scale", "init_logit_bias"):
+        if key in data:
+            out[key] = data.pop(key)
+    if data:
+        key = next(iter(data))
+        raise _unsupported(source, "config", key, data[key])
+    if preprocess:
+        out["preprocess"] = preprocess
+    return out

@@ -1,0 +1,444 @@
+"""Text tokenizers: OpenAI CLIP's byte-level BPE, and a wrapper that puts a Hugging Face tokenizer behind the same call.
+
+Both turn a string or a batch of strings into a zero-padded ``(batch, context_length)`` LongTensor holding exactly
+the ids that open_clip 3.3.0 gives for the same input, so checkpoints trained with open_clip see the same tokens.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import operator
+import string
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import ftfy
+import regex
+import torch
+
+__all__ = [
+    "DEFAULT_CONTEXT_LENGTH",
+    "ClipTokenizer",
+    "HFTokenizer",
+    "canonicalize_text",
+    "get_clean_fn",
+    "tokenize",
+]
+
+
+DEFAULT_CONTEXT_LENGTH = 77  # every OpenAI CLIP text tower was trained with 77 positions
+SOT_TOKEN = "<start_of_text>"
+EOT_TOKEN = "<end_of_text>"
+_SPECIAL_TOKENS = (SOT_TOKEN, EOT_TOKEN)
+_NUM_MERGES = 49152 - 256 - 2  # CLIP keeps 48,894 merges: 2 x 256 byte symbols + merges + 2 specials = 49,408 ids
+_WORD_SUFFIX = "</w>"  # marks the last symbol of a word, so "dog" at a word end differs from "dog" inside "dogma"
+_WORD_CACHE_SIZE = 2**18
+_DEFAULT_VOCAB = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+# ----------------------------------------------------------------------------------------------- text cleaning
+def fix_text(text: str) -> str:
+    """Repair mojibake with ftfy and undo (double) HTML escaping, as CLIP's web captions were cleaned."""
+    text = ftfy.fix_text(text)
+    return html.unescape(html.unescape(text)).strip()
+
+
+def squash_whitespace(text: str) -> str:
+    """Collapse every run of Unicode whitespace into one space and trim both ends."""
+    return " ".join(text.split())
+
+
+def canonicalize_text(text: str) -> str:
+    """Lowercase, underscores to spaces, ASCII punctuation dropped (big_vision's prompt canonicalisation)."""
+    text = text.replace("_", " ").translate(_PUNCTUATION).lower()
+    return squash_whitespace(text)
+
+
+def _clean_lower(text: str) -> str:
+    return squash_whitespace(fix_text(text)).lower()
+
+
+def _clean_whitespace(text: str) -> str:
+    return squash_whitespace(fix_text(text))
+
+
+def _clean_canonicalize(text: str) -> str:
+    return canonicalize_text(fix_text(text))
+
+
+_CLEANERS: dict[str, Callable[[str], str]] = {
+    "lower": _clean_lower,
+    "whitespace": _clean_whitespace,
+    "canonicalize": _clean_canonicalize,
+}
+
+
+def get_clean_fn(clean: str) -> Callable[[str], str]:
+    """The text cleaning named ``clean`` ("lower", "whitespace" or "canonicalize"), as in open_clip."""
+    try:
+        return _CLEANERS[clean]
+    except (KeyError, TypeError):
+        raise ValueError(f"clean={clean!r} is not a known text cleaning; use one of {sorted(_CLEANERS)}") from None
+
+
+# ----------------------------------------------------------------------------------------------- shared helpers
+def _check_context_length(context_length: Any) -> int:
+    if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
+        raise ValueError(f"context_length={context_length!r} must be a positive int (CLIP models use 77)")
+    return context_length
+
+
+def _as_batch(texts: str | Sequence[str]) -> list[str]:
+    """One string becomes a batch of one; anything else must be a sequence of strings."""
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
+    batch = list(texts)
+    for index, text in enumerate(batch):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{index}] is a {type(text).__name__} ({text!r}); every text must be a str")
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------- BPE tables
+@lru_cache(maxsize=1)
+def _byte_to_char() -> dict[int, str]:
+    """A reversible map from the 256 byte values to printable characters, so BPE never sees control codes.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes take the characters from U+0100 on, in
+    byte order. Dict order matters: it is the order of the first 256 vocabulary ids.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {byte: chr(byte) for byte in printable}
+    spare = 0
+    for byte in range(256):
+        if byte not in table:
+            table[byte] = chr(256 + spare)
+            spare += 1
+    return table
+
+
+@dataclass(frozen=True)
+class _BpeVocab:
+    """Read-only tables of one merges file, shared by every tokenizer built from it."""
+
+    encoder: dict[str, int]  # symbol -> id
+    decoder: list[str]  # id -> symbol
+    ranks: dict[tuple[str, str], int]  # merge pair -> priority (lower merges first)
+    to_symbols: dict[int, str]  # str.translate table: Latin-1 char of a byte -> its printable symbol
+    to_bytes: dict[int, int]  # str.translate table: printable symbol -> Latin-1 char of its byte
+
+
+@lru_cache(maxsize=4)
+def _load_bpe_vocab(path: str) -> _BpeVocab:
+    """Parse a CLIP merges file (gzip text: a header line, then one "a b" merge per line)."""
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
+    if len(merges) != _NUM_MERGES or any(len(pair) != 2 for pair in merges):
+        raise ValueError(f"{path} is not a CLIP BPE merges file: need {_NUM_MERGES} 'a b' lines after the header")
+    byte_symbols = list(_byte_to_char().values())
+    symbols = byte_symbols + [s + _WORD_SUFFIX for s in byte_symbols] + ["".join(p) for p in merges]
+    symbols += _SPECIAL_TOKENS
+    return _BpeVocab(
+        encoder={symbol: index for index, symbol in enumerate(symbols)},
+        decoder=symbols,
+        ranks={pair: rank for rank, pair in enumerate(merges)},
+        to_symbols={byte: char for byte, char in _byte_to_char().items()},
+        to_bytes={ord(char): byte for byte, char in _byte_to_char().items()},
+    )
+
+
+@lru_cache(maxsize=1)
+def _word_pattern() -> regex.Pattern:
+    """CLIP's pre-tokenisation: special tokens, English contractions, letter runs, single digits, other runs."""
+    specials = "|".join(regex.escape(token) for token in _SPECIAL_TOKENS)
+    return regex.compile(
+        specials + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+        regex.IGNORECASE,
+    )
+
+
+def _merge_symbols(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply BPE to one byte-encoded word: repeatedly fuse every occurrence of the best-ranked adjacent pair."""
+    symbols = [*word[:-1], word[-1] + _WORD_SUFFIX]
+    while len(symbols) > 1:
+        best, best_rank = None, _NUM_MERGES
+        for pair in zip(symbols, symbols[1:]):
+            rank = ranks.get(pair, _NUM_MERGES)
+            if rank < best_rank:
+                best, best_rank = pair, rank
+        if best is None:
+            break
+        first, second = best
+        fused: list[str] = []
+        index, count = 0, len(symbols)
+        while index < count:  # left to right, non-overlapping: "a a a" with (a, a) gives "aa a"
+            if index + 1 < count and symbols[index] == first and symbols[index + 1] == second:
+                fused.append(first + second)
+                index += 2
+            else:
+                fused.append(symbols[index])
+                index += 1
+        symbols = fused
+    return symbols
+
+
+# ----------------------------------------------------------------------------------------------- CLIP BPE
+class ClipTokenizer:
+    """OpenAI CLIP's byte-level BPE tokenizer; gives the ids of open_clip's ``SimpleTokenizer`` exactly.
+
+    Texts are cleaned (ftfy, HTML unescape, whitespace; then lowercased for ``clean="lower"``), split into
+    words by CLIP's regex, and each word is BPE-encoded once and cached. Id 0 doubles as padding, as in CLIP.
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_path: str | Path | None = None,
+        context_length: int = DEFAULT_CONTEXT_LENGTH,
+        clean: str = "lower",
+    ) -> None:
+        self.context_length = _check_context_length(context_length)
+        self.clean = clean
+        self.vocab_path = str(vocab_path) if vocab_path is not None else str(_DEFAULT_VOCAB)
+        self._clean_fn = get_clean_fn(clean)
+        self._vocab = _load_bpe_vocab(self.vocab_path)
+        self._pattern = _word_pattern()
+        # per instance, so a tokenizer's memory goes with it; bounded, so a long training run cannot grow it forever
+        self._word_ids = lru_cache(maxsize=_WORD_CACHE_SIZE)(self._encode_word)
+
+    def __repr__(self) -> str:
+        return f"ClipTokenizer(context_length={self.context_length}, clean={self.clean!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # data-loader workers receive a pickled tokenizer: send the settings, rebuild tables and cache there
+        return {"vocab_path": self.vocab_path, "context_length": self.context_length, "clean": self.clean}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._vocab.decoder)
+
+    @property
+    def sot_token_id(self) -> int:
+        return self._vocab.encoder[SOT_TOKEN]
+
+    @property
+    def eot_token_id(self) -> int:
+        return self._vocab.encoder[EOT_TOKEN]
+
+    @property
+    def pad_token_id(self) -> int:
+        return 0
+
+    def _encode_word(self, word: str) -> tuple[int, ...]:
+        encoder = self._vocab.encoder
+        if word in _SPECIAL_TOKENS:  # only the exact lowercase spelling is special, as in CLIP
+            return (encoder[word],)
+        symbols = word.encode("utf-8").decode("latin-1").translate(self._vocab.to_symbols)
+        return tuple(encoder[symbol] for symbol in _merge_symbols(symbols, self._vocab.ranks))
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of one text after cleaning, without start/end tokens and without truncation."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__} ({text!r})")
+        ids: list[int] = []
+        for word in self._pattern.findall(self._clean_fn(text)):
+            ids.extend(self._word_ids(word))
+        return ids
+
+    def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
+        """Text of a 1-D run of ids; word ends become spaces, so "a dog." decodes as "a dog . "."""
+        if isinstance(ids, torch.Tensor):
+            if ids.dim() != 1:
+                raise ValueError(f"decode takes one row of ids, got a tensor of shape {tuple(ids.shape)}")
+            ids = ids.tolist()
+        decoder = self._vocab.decoder
+        try:
+            ids = [operator.index(i) for i in ids]  # ints and NumPy integers, never floats
+        except TypeError:
+            raise TypeError(f"decode takes integer ids, got {ids!r}") from None
+        bad = [i for i in ids if not 0 <= i < len(decoder)]
+        if bad:
+            raise ValueError(f"ids {bad[:5]} are not in the CLIP vocabulary (0..{len(decoder) - 1})")
+        symbols = "".join(decoder[i] for i in ids)
+        raw = symbols.translate(self._vocab.to_bytes).encode("latin-1")
+        return raw.decode("utf-8", errors="replace").replace(_WORD_SUFFIX, " ")
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.LongTensor:
+        """Ids of a text or batch as a (batch, context_length) tensor, zero padded.
+
+        A text that does not fit is cut to ``context_length`` ids and its last id replaced by the end token, so
+        the text tower always finds an end token to pool at.
+        """
+        batch = _as_batch(texts)
+        length = self.context_length if context_length is None else _check_context_length(context_length)
+        sot, eot = self.sot_token_id, self.eot_token_id
+        rows = []
+        for text in batch:
+            ids = [sot, *self.encode(text), eot]
+            if len(ids) > length:
+                ids = ids[:length]
+                ids[-1] = eot
+            rows.append(ids + [0] * (length - len(ids)))
+        if not rows:
+            return torch.zeros((0, length), dtype=torch.long)
+        return torch.tensor(rows, dtype=torch.long)  # (batch, context_length)
+
+
+@lru_cache(maxsize=1)
+def _default_tokenizer() -> ClipTokenizer:
+    return ClipTokenizer()
+
+
+def tokenize(texts: str | Sequence[str], context_length: int = DEFAULT_CONTEXT_LENGTH) -> torch.LongTensor:
+    """CLIP BPE ids of ``texts`` with a shared default tokenizer (built on first use), like ``open_clip.tokenize``."""
+    return _default_tokenizer()(texts, context_length=context_length)
+
+
+# ----------------------------------------------------------------------------------------------- Hugging Face
+def _import_transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as err:
+        raise ImportError(
+            "HFTokenizer needs the Hugging Face 'transformers' package, an optional extra: pip install 'open_mclip[hf]'"
+        ) from err
+    return transformers
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer behind ClipTokenizer's call: clean, tokenize, pad and truncate to context_length.
+
+    Build it from a hub name or local folder (``HFTokenizer("xlm-roberta-base")``; extra keywords go to
+    ``AutoTokenizer.from_pretrained``, e.g. ``tokenizer_file=..., tokenizer_type="xlm-roberta"`` to use a lone
+    ``tokenizer.json`` offline), or wrap a ready tokenizer with :meth:`from_tokenizer`.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        *,
+        context_length: int = DEFAULT_CONTEXT_LENGTH,
+        clean: str = "whitespace",
+        strip_sep_token: bool = False,
+        language: str | None = None,
+        **from_pretrained_kwargs: Any,
+    ) -> None:
+        if not isinstance(name_or_path, (str, Path)):
+            raise TypeError(
+                f"name_or_path must be a hub name or folder, got {type(name_or_path).__name__}; "
+                "wrap a ready tokenizer object with HFTokenizer.from_tokenizer(tokenizer)"
+            )
+        auto_tokenizer = _import_transformers().AutoTokenizer
+        tokenizer = auto_tokenizer.from_pretrained(str(name_or_path), **from_pretrained_kwargs)
+        self._setup(
+            tokenizer, context_length=context_length, clean=clean, strip_sep_token=strip_sep_token, language=language
+        )
+
+    @classmethod
+    def from_tokenizer(
+        cls,
+        tokenizer: Any,
+        *,
+        context_length: int = DEFAULT_CONTEXT_LENGTH,
+        clean: str = "whitespace",
+        strip_sep_token: bool = False,
+        language: str | None = None,
+    ) -> HFTokenizer:
+        """Wrap an already built Hugging Face tokenizer object (no loading, no hub)."""
+        if not callable(tokenizer) or isinstance(tokenizer, (str, Path)):
+            raise TypeError(
+                f"from_tokenizer takes a Hugging Face tokenizer object, got {type(tokenizer).__name__}; "
+                "pass a hub name or folder to HFTokenizer(...) instead"
+            )
+        self = cls.__new__(cls)
+        self._setup(
+            tokenizer, context_length=context_length, clean=clean, strip_sep_token=strip_sep_token, language=language
+        )
+        return self
+
+    def _setup(
+        self, tokenizer: Any, *, context_length: int, clean: str, strip_sep_token: bool, language: str | None
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.context_length = _check_context_length(context_length)
+        self.clean = clean
+        self._clean_fn = get_clean_fn(clean)
+        if getattr(tokenizer, "pad_token_id", None) is None:
+            raise ValueError(
+                f"{type(tokenizer).__name__} has no padding token, so it cannot pad to context_length; a bare "
+                "tokenizer.json needs tokenizer_type=... (the model type, e.g. 'xlm-roberta') to get its special tokens"
+            )
+        if strip_sep_token and getattr(tokenizer, "sep_token_id", None) is None:
+            raise ValueError(f"strip_sep_token=True but {type(tokenizer).__name__} has no separator token")
+        self.strip_sep_token = strip_sep_token
+        if language is not None:
+            self.set_language(language)
+
+    def __repr__(self) -> str:
+        name = getattr(self.tokenizer, "name_or_path", "") or type(self.tokenizer).__name__
+        return f"HFTokenizer({name!r}, context_length={self.context_length}, clean={self.clean!r})"
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self.tokenizer.pad_token_id
+
+    def save_pretrained(self, dest: str | Path) -> None:
+        """Write the wrapped tokenizer's files to ``dest`` (a folder ``HFTokenizer(dest)`` loads again)."""
+        self.tokenizer.save_pretrained(str(dest))
+
+    def set_language(self, code: str) -> None:
+        """Select the source language of a multilingual tokenizer that prefixes a language token (NLLB: "fra_Latn").
+
+        Sets ``src_lang`` itself: recent transformers re-apply ``src_lang`` on every call, so only calling
+        ``set_src_lang_special_tokens`` (what open_clip does) is silently undone.
+        """
+        tokenizer = self.tokenizer
+        setter = getattr(tokenizer, "set_src_lang_special_tokens", None)
+        if not callable(setter) and not hasattr(tokenizer, "src_lang"):
+            raise ValueError(
+                f"set_language({code!r}): {type(tokenizer).__name__} has no source language; "
+                "only NLLB/M2M100/MBart-style tokenizers take one"
+            )
+        previous = getattr(tokenizer, "src_lang", None)
+        self._apply_language(code, setter)
+        unknown = getattr(tokenizer, "unk_token_id", None)
+        if unknown is not None and getattr(tokenizer, "cur_lang_code", None) == unknown:
+            if previous is not None:
+                self._apply_language(previous, setter)
+            raise ValueError(
+                f"language code {code!r} is not in the tokenizer's vocabulary (NLLB codes look like 'fra_Latn')"
+            )
+
+    def _apply_language(self, code: str, setter: Callable[[str], None] | None) -> None:
+        if hasattr(self.tokenizer, "src_lang"):
+            self.tokenizer.src_lang = code
+        if callable(setter):
+            setter(code)
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.LongTensor:
+        """Ids of a text or batch as a (batch, context_length) tensor, padded with the tokenizer's pad id."""
+        batch = _as_batch(texts)
+        length = self.context_length if context_length is None else _check_context_length(context_length)
+        if not batch:
+            return torch.zeros((0, length), dtype=torch.long)
+        cleaned = [self._clean_fn(text) for text in batch]
+        encoded = self.tokenizer(cleaned, return_tensors="pt", max_length=length, padding="max_length", truncation=True)
+        ids = encoded["input_ids"]  # (batch, context_length)
+        if self.strip_sep_token:  # some text towers pool at the last real token and must not see the separator
+            ids = ids.masked_fill(ids == self.tokenizer.sep_token_id, 0)
+        return ids

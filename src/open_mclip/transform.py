@@ -1,0 +1,577 @@
+"""Image preprocessing with Pillow and torch only: configs, mode conversion, train and eval transforms.
+
+The eval transform reproduces open_clip 3.3.0's ``image_transform_v2`` output for RGB images (same resize
+rounding, crop offsets, padding, tensor conversion and normalisation) without importing torchvision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance
+
+# The same numbers as open_clip's constants.py.
+OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+_INTERPOLATIONS = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
+_RESIZE_MODES = ("shortest", "longest", "squash")
+_DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+_WHITE = (255, 255, 255)
+
+
+# ----------------------------------------------------------------------------------------------- configs
+
+
+def _check_keys(cls: type, d: Any, source: str) -> None:
+    """Reject a non-dict or a key that ``cls`` has no field for, naming the key and where it came from."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(d).__name__} from {source}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in d:
+        if key not in known:
+            raise ValueError(f"unknown key {key!r} for {cls.__name__} in {source}; known keys: {', '.join(known)}")
+
+
+def _size_value(size: Any) -> int | tuple[int, int]:
+    """Validate an image size: a positive int or a (height, width) pair of them."""
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        size = (size[0], size[1])
+        parts = size
+    else:
+        parts = (size,)
+    if not all(isinstance(p, numbers.Integral) and not isinstance(p, bool) and p > 0 for p in parts):
+        raise ValueError(f"size={size!r} is invalid; use a positive int or a (height, width) pair of positive ints")
+    return tuple(int(p) for p in size) if isinstance(size, tuple) else int(size)
+
+
+def _channel_values(value: Any, *, name: str, positive: bool) -> tuple[float, ...]:
+    """Validate a per-channel mean or std: one number (used for all 3 channels) or 3 numbers."""
+    values = (value,) * 3 if isinstance(value, numbers.Real) else tuple(value)
+    ok = len(values) == 3 and all(isinstance(v, numbers.Real) and (v > 0 or not positive) for v in values)
+    if not ok:
+        rule = "positive " if positive else ""
+        raise ValueError(f"{name}={value!r} is invalid; give 3 {rule}numbers (one per RGB channel)")
+    return tuple(float(v) for v in values)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How images are turned into model input; travels with a model config and a pretrained entry."""
+
+    size: int | tuple[int, int] = 224
+    mode: str = "RGB"
+    mean: tuple[float, ...] = OPENAI_DATASET_MEAN
+    std: tuple[float, ...] = OPENAI_DATASET_STD
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+    fill_color: int = 0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise JSON lists to tuples once, here
+        set_(self, "size", _size_value(self.size))
+        set_(self, "mean", _channel_values(self.mean, name="mean", positive=False))
+        set_(self, "std", _channel_values(self.std, name="std", positive=True))
+        if self.mode != "RGB":
+            raise ValueError(f"mode={self.mode!r} is not supported; only 'RGB' is")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation={self.interpolation!r} is invalid; choose one of {list(_INTERPOLATIONS)}")
+        if self.resize_mode not in _RESIZE_MODES:
+            raise ValueError(f"resize_mode={self.resize_mode!r} is invalid; choose one of {list(_RESIZE_MODES)}")
+        fill = self.fill_color
+        if not isinstance(fill, numbers.Integral) or isinstance(fill, bool) or not 0 <= fill <= 255:
+            raise ValueError(f"fill_color={fill!r} is invalid; use an int grey level in 0..255")
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The output (height, width)."""
+        return (self.size, self.size) if isinstance(self.size, int) else self.size
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "<dict>") -> PreprocessConfig:
+        """Build from a JSON-like dict; an unknown key is an error naming the key and ``source``."""
+        _check_keys(cls, d, source)
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict that ``from_dict`` accepts back."""
+        return dataclasses.asdict(self)
+
+    def merged(self, **overrides: Any) -> PreprocessConfig:
+        """A new config with ``overrides`` applied; ``None`` values are skipped (meaning "keep")."""
+        _check_keys(type(self), overrides, "merged()")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Training augmentation settings, with open_clip's ``AugmentationCfg`` field names and meanings."""
+
+    scale: tuple[float, float] = (0.9, 1.0)
+    ratio: tuple[float, float] | None = None
+    color_jitter: float | tuple[float, ...] | None = None
+    re_prob: float | None = None
+    re_count: int | None = None
+    use_timm: bool = False
+    color_jitter_prob: float | None = None
+    gray_scale_prob: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", _range_value(self.scale, name="scale"))
+        if self.ratio is not None:
+            object.__setattr__(self, "ratio", _range_value(self.ratio, name="ratio"))
+        if isinstance(self.color_jitter, list):
+            object.__setattr__(self, "color_jitter", tuple(self.color_jitter))
+        for name in ("color_jitter_prob", "gray_scale_prob", "re_prob"):
+            p = getattr(self, name)
+            if p is not None and not (isinstance(p, numbers.Real) and 0.0 <= p <= 1.0):
+                raise ValueError(f"{name}={p!r} is invalid; use a probability in [0, 1]")
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "<dict>") -> AugmentationConfig:
+        """Build from a JSON-like dict; an unknown key is an error naming the key and ``source``."""
+        _check_keys(cls, d, source)
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict that ``from_dict`` accepts back."""
+        return dataclasses.asdict(self)
+
+
+def _range_value(value: Any, *, name: str) -> tuple[float, float]:
+    """Validate a (low, high) range of positive numbers."""
+    ok = isinstance(value, (list, tuple)) and len(value) == 2
+    ok = ok and all(isinstance(v, numbers.Real) and v > 0 for v in value) and value[0] <= value[1]
+    if not ok:
+        raise ValueError(f"{name}={value!r} is invalid; give (low, high) with 0 < low <= high")
+    return float(value[0]), float(value[1])
+
+
+def _jitter_strengths(color_jitter: Any) -> tuple[float, float, float, float]:
+    """Brightness, contrast, saturation and hue strengths from one number or 3 or 4 numbers (hue 0 if absent)."""
+    values = (color_jitter,) * 3 if isinstance(color_jitter, numbers.Real) else tuple(color_jitter or ())
+    if len(values) == 3:
+        values = (*values, 0.0)
+    ok = len(values) == 4 and all(isinstance(v, numbers.Real) and v >= 0 for v in values) and values[3] <= 0.5
+    if not ok:
+        raise ValueError(
+            f"color_jitter={color_jitter!r} is invalid; give (brightness, contrast, saturation[, hue]) "
+            "strengths >= 0 with hue <= 0.5"
+        )
+    return tuple(float(v) for v in values)  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------ images and modes
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image file, so that a broken file fails here and names itself."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise  # a missing or unreadable path is not a decoding problem
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot decode image {os.fspath(path)}: {err}") from err
+    return image
+
+
+def _scale_to_uint8(values: np.ndarray, *, full_scale: float | None) -> np.ndarray:
+    """Map values to 0..255; ``full_scale`` is the value meaning white, or None to stretch min..max."""
+    values = values.astype(np.float64)
+    if full_scale is None:
+        low, high = float(values.min()), float(values.max())
+        values = (values - low) * (255.0 / (high - low) if high > low else 0.0)
+    else:
+        values = values * (255.0 / full_scale)
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def _high_depth_to_l(image: Image.Image) -> Image.Image:
+    """Rescale 16/32-bit integer or float greyscale to 8 bits instead of clipping like ``convert`` does.
+
+    ``I;16*`` is always read as 0..65535. ``I`` and ``F`` use the smallest usual range that holds the data:
+    0..1 (``F`` only), 0..255, 0..65535 (``I`` only), else the image's own min..max. A ``transparency``
+    entry on such an image is ignored.
+    """
+    values = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        return Image.fromarray(_scale_to_uint8(values, full_scale=65535.0), "L")
+    low, high = float(values.min()), float(values.max())
+    ranges = (1.0, 255.0) if image.mode == "F" else (255.0, 65535.0)
+    full_scale = next((r for r in ranges if low >= 0.0 and high <= r), None)
+    return Image.fromarray(_scale_to_uint8(values, full_scale=full_scale), "L")
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
+
+
+def _composite(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Flatten an image with transparency onto an opaque ``background`` colour."""
+    if image.mode == "La":  # premultiplied grey: colour already carries the alpha factor
+        grey, alpha = np.moveaxis(np.asarray(image, dtype=np.float64), -1, 0)
+        rgb = grey[..., None] + np.asarray(background, dtype=np.float64) * (1.0 - alpha[..., None] / 255.0)
+        return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB")
+    rgba = image.convert("RGBA")
+    canvas = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(canvas, rgba).convert("RGB")
+
+
+def to_rgb(image: Image.Image, *, background: tuple[int, int, int] = _WHITE) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is flattened onto ``background`` (white by default).
+
+    open_clip calls ``convert("RGB")``, which drops alpha (whatever colour hides under transparent pixels shows)
+    and clips 16-bit greyscale at 255 (photos come out white); both differ here on purpose. Opaque images
+    convert exactly as ``convert("RGB")`` does.
+    """
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL.Image.Image, got {type(image).__name__}; convert with PIL.Image.fromarray")
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        return _high_depth_to_l(image).convert("RGB")
+    if _has_alpha(image):
+        return _composite(image, background)
+    return image.convert("RGB")
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """An 8-bit image as a float32 (channels, height, width) tensor in [0, 1], as torchvision's ToTensor."""
+    assert image.mode in ("RGB", "L"), image.mode
+    array = np.array(image, dtype=np.uint8, copy=True)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+
+
+# ------------------------------------------------------------------------------------------ the steps
+
+
+class ToRGB:
+    """Step: convert to RGB first (before resizing), so palette and 16-bit images resample correctly."""
+
+    def __init__(self, *, background: tuple[int, int, int] = _WHITE) -> None:
+        self.background = background
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return to_rgb(image, background=self.background)
+
+    def __repr__(self) -> str:
+        return f"ToRGB(background={self.background})"
+
+
+class ResizeShortestSide:
+    """Step: scale so the shorter side equals ``size``; the longer side is truncated as torchvision does."""
+
+    def __init__(self, size: int, *, interpolation: str) -> None:
+        self.size = size
+        self.interpolation = interpolation
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        new_long = int(self.size * long / short)
+        new_size = (self.size, new_long) if width <= height else (new_long, self.size)
+        return _resize(image, new_size, self.interpolation)
+
+    def __repr__(self) -> str:
+        return f"ResizeShortestSide(size={self.size}, interpolation={self.interpolation})"
+
+
+class ResizeKeepRatio:
+    """Step: scale keeping the aspect ratio so the longest (or shortest) side fits (height, width)."""
+
+    def __init__(self, size: tuple[int, int], *, longest: bool, interpolation: str) -> None:
+        self.size = size
+        self.longest = longest
+        self.interpolation = interpolation
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        ratio_h, ratio_w = height / self.size[0], width / self.size[1]
+        ratio = max(ratio_h, ratio_w) if self.longest else min(ratio_h, ratio_w)
+        # Python's round (half to even), as open_clip's ResizeKeepRatio
+        return _resize(image, (round(width / ratio), round(height / ratio)), self.interpolation)
+
+    def __repr__(self) -> str:
+        return f"ResizeKeepRatio(size={self.size}, longest={self.longest}, interpolation={self.interpolation})"
+
+
+class Resize:
+    """Step: scale to exactly (height, width), ignoring the aspect ratio."""
+
+    def __init__(self, size: tuple[int, int], *, interpolation: str) -> None:
+        self.size = size
+        self.interpolation = interpolation
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return _resize(image, (self.size[1], self.size[0]), self.interpolation)
+
+    def __repr__(self) -> str:
+        return f"Resize(size={self.size}, interpolation={self.interpolation})"
+
+
+def _resize(image: Image.Image, width_height: tuple[int, int], interpolation: str) -> Image.Image:
+    if image.size == width_height:
+        return image
+    return image.resize(width_height, _INTERPOLATIONS[interpolation])
+
+
+class CenterCropOrPad:
+    """Step: pad with ``fill`` where smaller than (height, width), then crop the centre (torchvision's offsets)."""
+
+    def __init__(self, size: tuple[int, int], *, fill: int = 0) -> None:
+        self.size = size
+        self.fill = fill
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        crop_h, crop_w = self.size
+        width, height = image.size
+        if crop_w > width or crop_h > height:
+            left, top = max(crop_w - width, 0) // 2, max(crop_h - height, 0) // 2
+            padded_w, padded_h = max(width, crop_w), max(height, crop_h)
+            canvas = Image.new(image.mode, (padded_w, padded_h), (self.fill,) * len(image.getbands()))
+            canvas.paste(image, (left, top))
+            image, width, height = canvas, padded_w, padded_h
+            if (width, height) == (crop_w, crop_h):
+                return image
+        top = int(round((height - crop_h) / 2.0))
+        left = int(round((width - crop_w) / 2.0))
+        return image.crop((left, top, left + crop_w, top + crop_h))
+
+    def __repr__(self) -> str:
+        return f"CenterCropOrPad(size={self.size}, fill={self.fill})"
+
+
+class RandomResizedCrop:
+    """Step: crop a random box of area fraction in ``scale`` and aspect in ``ratio``, resize to (height, width).
+
+    Boxes are drawn with torchvision's algorithm and the global torch RNG, so ``torch.manual_seed`` reproduces
+    them (and the same seed gives the same boxes as torchvision).
+    """
+
+    def __init__(
+        self, size: tuple[int, int], *, scale: tuple[float, float], ratio: tuple[float, float], interpolation: str
+    ) -> None:
+        self.size = size
+        self.scale = scale
+        self.ratio = ratio
+        self.interpolation = interpolation
+
+    def sample_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """A random (top, left, box_height, box_width); the central crop when 10 draws all miss."""
+        area = height * width
+        log_ratio = torch.log(torch.tensor(self.ratio))  # float32, as torchvision
+        for _ in range(10):
+            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1]).item()
+            aspect = torch.exp(torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]))).item()
+            box_w = int(round(math.sqrt(target_area * aspect)))
+            box_h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < box_w <= width and 0 < box_h <= height:
+                top = int(torch.randint(0, height - box_h + 1, size=(1,)).item())
+                left = int(torch.randint(0, width - box_w + 1, size=(1,)).item())
+                return top, left, box_h, box_w
+        return _central_box(width, height, self.ratio)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        top, left, box_h, box_w = self.sample_box(*image.size)
+        image = image.crop((left, top, left + box_w, top + box_h))
+        return _resize(image, (self.size[1], self.size[0]), self.interpolation)
+
+    def __repr__(self) -> str:
+        return (
+            f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+            f"interpolation={self.interpolation})"
+        )
+
+
+def _central_box(width: int, height: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+    """The largest central box whose aspect ratio is clamped into ``ratio``."""
+    aspect = width / height
+    box_w, box_h = width, height
+    if aspect < min(ratio):
+        box_h = int(round(width / min(ratio)))
+    elif aspect > max(ratio):
+        box_w = int(round(height * max(ratio)))
+    return (height - box_h) // 2, (width - box_w) // 2, box_h, box_w
+
+
+def _draw(p: float) -> bool:
+    """True with probability ``p``; draws from the torch RNG only when the outcome is uncertain."""
+    return p >= 1.0 or (p > 0.0 and torch.rand(1).item() < p)
+
+
+class ColorJitter:
+    """Step: with probability ``p``, adjust brightness, contrast, saturation and hue in a random order.
+
+    Factors and order are drawn as torchvision's ColorJitter draws them from the torch RNG.
+    """
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, *, p: float) -> None:
+        self.strengths = (brightness, contrast, saturation, hue)
+        self.p = p
+
+    def _factors(self) -> list[float | None]:
+        factors: list[float | None] = []
+        for index, strength in enumerate(self.strengths):
+            if strength == 0:
+                factors.append(None)  # torchvision draws nothing for a disabled adjustment
+                continue
+            low, high = (-strength, strength) if index == 3 else (max(1.0 - strength, 0.0), 1.0 + strength)
+            factors.append(float(torch.empty(1).uniform_(low, high)))
+        return factors
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if not _draw(self.p):
+            return image
+        order = torch.randperm(4).tolist()
+        factors = self._factors()
+        adjust = (_adjust_brightness, _adjust_contrast, _adjust_saturation, _adjust_hue)
+        for index in order:
+            if factors[index] is not None:
+                image = adjust[index](image, factors[index])
+        return image
+
+    def __repr__(self) -> str:
+        b, c, s, h = self.strengths
+        return f"ColorJitter(brightness={b}, contrast={c}, saturation={s}, hue={h}, p={self.p})"
+
+
+def _adjust_brightness(image: Image.Image, factor: float) -> Image.Image:
+    return ImageEnhance.Brightness(image).enhance(factor)
+
+
+def _adjust_contrast(image: Image.Image, factor: float) -> Image.Image:
+    return ImageEnhance.Contrast(image).enhance(factor)
+
+
+def _adjust_saturation(image: Image.Image, factor: float) -> Image.Image:
+    return ImageEnhance.Color(image).enhance(factor)
+
+
+def _adjust_hue(image: Image.Image, factor: float) -> Image.Image:
+    """Rotate the hue by ``factor`` of a turn, wrapping in 8 bits as torchvision does."""
+    hue, saturation, value = image.convert("HSV").split()
+    shift = int(factor * 255) % 256
+    rotated = ((np.asarray(hue, dtype=np.uint16) + shift) % 256).astype(np.uint8)
+    return Image.merge("HSV", (Image.fromarray(rotated, "L"), saturation, value)).convert(image.mode)
+
+
+class RandomGrayscale:
+    """Step: with probability ``p``, replace the image by its luma in all 3 channels."""
+
+    def __init__(self, *, p: float) -> None:
+        self.p = p
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image.convert("L").convert("RGB") if _draw(self.p) else image
+
+    def __repr__(self) -> str:
+        return f"RandomGrayscale(p={self.p})"
+
+
+# ------------------------------------------------------------------------------------- the transform
+
+
+class ImageTransform:
+    """A PIL image -> normalised float32 (3, height, width) tensor; plain attributes, so it pickles."""
+
+    def __init__(
+        self, steps: Sequence[Callable[[Image.Image], Image.Image]], *, mean: tuple[float, ...], std: tuple[float, ...]
+    ) -> None:
+        self.steps = list(steps)
+        self.mean = mean
+        self.std = std
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"expected a PIL.Image.Image, got {type(image).__name__}; convert with PIL.Image.fromarray")
+        for step in self.steps:
+            image = step(image)
+        tensor = to_tensor(image)  # (3, height, width)
+        mean = torch.as_tensor(self.mean, dtype=tensor.dtype).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=tensor.dtype).view(-1, 1, 1)
+        return tensor.sub_(mean).div_(std)
+
+    def __repr__(self) -> str:
+        lines = [f"  {step!r}," for step in self.steps]
+        lines += ["  ToTensor(),", f"  Normalize(mean={self.mean}, std={self.std}),"]
+        return "ImageTransform(\n" + "\n".join(lines) + "\n)"
+
+
+def _eval_steps(cfg: PreprocessConfig) -> list[Callable[[Image.Image], Image.Image]]:
+    """Resize and crop as open_clip's eval transform does for each resize mode."""
+    size = cfg.image_size
+    if cfg.resize_mode == "longest":
+        return [
+            ResizeKeepRatio(size, longest=True, interpolation=cfg.interpolation),
+            CenterCropOrPad(size, fill=cfg.fill_color),
+        ]
+    if cfg.resize_mode == "squash":
+        return [Resize(size, interpolation=cfg.interpolation)]
+    if size[0] == size[1]:
+        resize: Callable[[Image.Image], Image.Image] = ResizeShortestSide(size[0], interpolation=cfg.interpolation)
+    else:
+        # open_clip resizes a non-square "shortest" target with bicubic whatever the configured interpolation
+        resize = ResizeKeepRatio(size, longest=False, interpolation="bicubic")
+    return [resize, CenterCropOrPad(size, fill=0)]
+
+
+def _train_steps(cfg: PreprocessConfig, aug: AugmentationConfig) -> list[Callable[[Image.Image], Image.Image]]:
+    """Random resized crop (bicubic, as open_clip) and optional colour jitter and grayscale."""
+    if aug.use_timm or aug.re_prob or aug.re_count:
+        raise ValueError(
+            "timm augmentation is not supported; unset use_timm, re_prob and re_count in the augmentation config"
+        )
+    if aug.color_jitter is not None and not aug.color_jitter_prob:
+        raise ValueError(
+            f"color_jitter={aug.color_jitter!r} is set but color_jitter_prob is not; set color_jitter_prob "
+            "(e.g. 0.8) to apply it, or remove color_jitter"
+        )
+    ratio = aug.ratio or _DEFAULT_RATIO
+    steps: list[Callable[[Image.Image], Image.Image]] = [
+        RandomResizedCrop(cfg.image_size, scale=aug.scale, ratio=ratio, interpolation="bicubic")
+    ]
+    if aug.color_jitter_prob:
+        steps.append(ColorJitter(*_jitter_strengths(aug.color_jitter), p=aug.color_jitter_prob))
+    if aug.gray_scale_prob:
+        steps.append(RandomGrayscale(p=aug.gray_scale_prob))
+    return steps
+
+
+def image_transform(
+    cfg: PreprocessConfig, *, is_train: bool, aug_cfg: AugmentationConfig | None = None
+) -> ImageTransform:
+    """The train or eval transform for ``cfg``: PIL image in, normalised float32 (3, height, width) tensor out.
+
+    Images are converted to RGB first (open_clip converts after resizing; identical for RGB input).
+    """
+    if not isinstance(cfg, PreprocessConfig):
+        raise TypeError(f"cfg must be a PreprocessConfig, got {type(cfg).__name__}; use PreprocessConfig.from_dict")
+    if aug_cfg is not None and not isinstance(aug_cfg, AugmentationConfig):
+        raise TypeError(
+            f"aug_cfg must be an AugmentationConfig or None, got {type(aug_cfg).__name__}; "
+            "use AugmentationConfig.from_dict"
+        )
+    if is_train:
+        steps = _train_steps(cfg, aug_cfg or AugmentationConfig())
+    else:
+        steps = _eval_steps(cfg)
+    return ImageTransform([ToRGB(), *steps], mean=cfg.mean, std=cfg.std)

@@ -1,0 +1,80 @@
+"""Shared fixtures: real photos, a fixed seed, and skipping of hardware-marked tests where it is absent."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# nothing may reach the network from the tests (this machine has none: lookups would only retry and time out)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda = torch.cuda.is_available()
+    try:
+        import habana_frameworks.torch  # noqa: F401
+
+        hpu = True
+    except ImportError:
+        hpu = False
+    for item in items:
+        if "cuda" in item.keywords and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)"))
+        if "hpu" in item.keywords and not hpu:
+            item.add_marker(pytest.mark.skip(reason="needs a Habana Gaudi device (habana_frameworks not importable)"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Real RGB photos (PIL) from scikit-image and scikit-learn."""
+    from PIL import Image
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    arrays = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), *load_sample_images().images]
+    return [Image.fromarray(a) for a in arrays]
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face hub cache folder, with huggingface_hub switched to offline mode."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    return cache
+
+
+@pytest.fixture
+def add_hub_repo(hub_cache):
+    """`add_hub_repo(repo_id, {name: bytes})` lays files out in `hub_cache` as the hub serves them."""
+
+    def add(repo_id: str, files: dict[str, bytes]) -> Path:
+        repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(HUB_COMMIT)
+        (repo / "blobs").mkdir(exist_ok=True)
+        snapshot = repo / "snapshots" / HUB_COMMIT
+        for name, payload in files.items():
+            blob = repo / "blobs" / hashlib.sha256(payload).hexdigest()
+            blob.write_bytes(payload)
+            link = snapshot / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path("../" * (name.count("/") + 2)) / "blobs" / blob.name)
+        return snapshot
+
+    return add

@@ -1,0 +1,130 @@
+"""Model configs: every shipped JSON parses and builds; strict keys; open_clip's schema converts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from open_mclip import CLIP, ModelConfig, add_model_config, get_model_config, list_models
+from open_mclip.config import ModifiedResNetConfig, TimmConfig, ViTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p.stem for p in (REPO / "model_configs").glob("*.json"))
+OPEN_CLIP_CONFIGS = Path(open_clip.__file__).parent / "model_configs"
+
+
+def _shrink(cfg: ModelConfig) -> ModelConfig:
+    """The same architecture family at a width and depth that builds in well under a second."""
+    vision = {}
+    if isinstance(cfg.vision, ViTConfig):
+        vision = {"width": 64, "head_width": 32, "layers": 2}
+    elif isinstance(cfg.vision, ModifiedResNetConfig):
+        vision = {"width": 16, "head_width": 16, "layers": (1, 1, 1, 1)}
+    return cfg.replace(vision=vision, text={"width": 32, "heads": 2, "layers": 2})
+
+
+def test_required_architectures_ship():
+    required = {
+        "ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-B-16-plus-240", "ViT-L-14", "ViT-L-14-336", "ViT-H-14",
+        "ViT-g-14", "ViT-bigG-14", "ViT-e-14", "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "RN50-quickgelu",
+        "RN101-quickgelu", "RN50x4-quickgelu", "RN50x16-quickgelu", "RN50x64-quickgelu", "convnext_base",
+        "mclip-tiny",
+    }  # fmt: skip
+    assert required <= set(list_models())
+    assert set(SHIPPED) <= set(list_models())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_config_builds_runs_and_trains(name):
+    cfg = get_model_config(name)
+    assert ModelConfig.from_dict(cfg.to_dict(), source=name) == cfg  # to_dict round-trips
+    if not isinstance(cfg.vision, TimmConfig):
+        cfg = _shrink(cfg)
+    else:
+        cfg = cfg.replace(text={"width": 32, "heads": 2, "layers": 2})
+    model = CLIP(cfg)
+    for pname, param in model.named_parameters():
+        if pname.endswith("bn3.weight"):  # CLIP starts residual branches at zero gain; open them for the check
+            param.data.fill_(1.0)
+    size = model.visual.image_size
+    images = torch.randn(2, 3, *size)
+    text = torch.randint(1, 1000, (2, cfg.text.context_length))
+    text[:, 5] = 49407  # EOT
+    image_features, text_features, scale = model(images, text)
+    assert image_features.shape == text_features.shape == (2, cfg.embed_dim)
+    loss = (image_features @ text_features.T * scale).logsumexp(dim=1).mean()
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert no_grad == [], f"parameters without gradient: {no_grad[:10]}"
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if not n.startswith("mclip")])
+def test_shipped_config_equals_open_clip_architecture(name):
+    path = OPEN_CLIP_CONFIGS / f"{name}.json"
+    assert ModelConfig.from_dict(json.loads(path.read_text()), source=str(path)) == get_model_config(name)
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    bad = tmp_path / "bad-model.json"
+    data = json.loads((REPO / "model_configs" / "mclip-tiny.json").read_text())
+    data["vision"]["widht"] = 64
+    bad.write_text(json.dumps(data))
+    add_model_config(bad)
+    with pytest.raises(ValueError, match=r"bad-model\.json.*widht"):
+        get_model_config("bad-model")
+
+
+def test_malformed_json_names_file(tmp_path):
+    (tmp_path / "broken.json").write_text('{"embed_dim": 64,')
+    add_model_config(tmp_path / "broken.json")
+    with pytest.raises(ValueError, match=r"broken\.json is not valid JSON"):
+        get_model_config("broken")
+
+
+def test_unknown_tower_type_and_bad_values_are_named():
+    with pytest.raises(ValueError, match="unknown tower type 'vitt'"):
+        ModelConfig.from_dict({"embed_dim": 8, "vision": {"type": "vitt"}, "text": {"type": "transformer"}})
+    with pytest.raises(ValueError, match="act='relu'"):
+        ModelConfig.from_dict(
+            {"embed_dim": 8, "vision": {"type": "vit", "act": "relu"}, "text": {"type": "transformer"}}
+        )
+    with pytest.raises(ValueError, match="missing 'text'"):
+        ModelConfig.from_dict({"embed_dim": 8, "vision": {"type": "vit"}})
+
+
+def test_unknown_model_lists_closest_names():
+    with pytest.raises(ValueError, match="Did you mean 'ViT-B-32'"):
+        get_model_config("ViT-B-33")
+
+
+def test_get_model_config_returns_a_copy():
+    cfg = get_model_config("ViT-B-32")
+    cfg.vision.width = 1
+    assert get_model_config("ViT-B-32").vision.width == 768
+
+
+def test_open_clip_config_folder_loads_or_names_the_unsupported_key(tmp_path):
+    """`add_model_config` on open_clip's own folder: each config parses, or fails naming file and key."""
+    for path in sorted(OPEN_CLIP_CONFIGS.glob("*.json")):
+        (tmp_path / f"oc-{path.name}").write_text(path.read_text())
+    add_model_config(tmp_path)
+    parsed, refused = 0, 0
+    for path in sorted(tmp_path.glob("*.json")):
+        try:
+            get_model_config(path.stem)
+            parsed += 1
+        except ValueError as err:
+            assert path.name in str(err) and ("=" in str(err) or "tower type" in str(err)), str(err)
+            refused += 1
+    assert parsed >= 60 and parsed + refused == len(list(tmp_path.glob("*.json")))
+    # an open_clip ViT config in the folder builds a model equal to the shipped one
+    assert get_model_config("oc-ViT-L-14") == get_model_config("ViT-L-14")
+
+
+def test_replace_rejects_fields_the_tower_lacks():
+    with pytest.raises(ValueError, match="patch_size"):
+        get_model_config("RN50").replace(vision={"patch_size": 16})

@@ -1,0 +1,130 @@
+"""Checkpoint conversion and loading: OpenAI TorchScript archives, open_clip trainer checkpoints, strictness,
+safe loading and position-embedding resizing."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import open_clip
+import pytest
+import torch
+from open_clip.model import convert_weights_to_lp, resize_pos_embed
+
+from open_mclip import CLIP, ModelConfig, create_model, get_model_config, to_open_clip
+from open_mclip.convert import config_from_openai_state_dict, load_checkpoint, load_state_dict_strict
+from open_mclip.weights_io import is_torchscript_archive, load_weights_file, read_torchscript_tensors
+
+TEXT = open_clip.tokenize(["a diagram", "ein Hund", "un chat"])
+
+OPENAI_LIKE = {
+    "vit": {"image_size": 64, "patch_size": 16, "width": 128, "layers": 2},
+    "resnet": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 64},
+}
+
+
+def _openai_archive(tmp_path, kind: str):
+    """An open_clip CLIP with OpenAI's layout, QuickGELU and partial fp16 weights, saved as TorchScript."""
+    oc_cfg = {"embed_dim": 64, "quick_gelu": True, "vision_cfg": OPENAI_LIKE[kind],
+              "text_cfg": {"width": 128, "heads": 2, "layers": 2}}  # fmt: skip
+    ref = open_clip.model.CLIP(**copy.deepcopy(oc_cfg)).eval()
+    convert_weights_to_lp(ref, torch.float16)  # OpenAI's files hold most weights in fp16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(ref)
+        path = tmp_path / f"openai-{kind}.pt"
+        torch.jit.save(scripted, str(path))
+        jit_state = torch.jit.load(str(path), map_location="cpu").state_dict()
+    ref.float()
+    return path, ref, jit_state
+
+
+@pytest.mark.parametrize("kind", ["vit", "resnet"])
+def test_openai_torchscript_archive_loads_without_running_code(tmp_path, kind):
+    path, ref, jit_state = _openai_archive(tmp_path, kind)
+    assert is_torchscript_archive(path)
+    tensors = read_torchscript_tensors(path)
+    for key, value in jit_state.items():  # every weight torch.jit.load sees, bit for bit
+        assert torch.equal(tensors[key], value), key
+    assert tensors["visual.conv1.weight" if kind == "vit" else "visual.layer1.0.conv1.weight"].dtype == torch.float16
+
+    cfg = config_from_openai_state_dict(tensors)
+    assert cfg.vision.type == ("vit" if kind == "vit" else "modified_resnet")
+    assert cfg.text.act == "quick_gelu" and cfg.embed_dim == 64
+    model = CLIP(cfg).eval()
+    load_checkpoint(model, path)
+    assert model.visual.conv1.weight.dtype == torch.float32
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for ours, theirs in zip(model(images, TEXT), ref(images, TEXT)):
+            torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_open_clip_trainer_checkpoint_with_ddp_prefix(tmp_path):
+    """open_clip's trainer saves {"epoch", "name", "state_dict" (DDP "module." keys), "optimizer"}."""
+    oc_cfg = {"embed_dim": 64, "vision_cfg": {"image_size": 64, "patch_size": 32, "width": 64, "layers": 1},
+              "text_cfg": {"width": 64, "heads": 1, "layers": 1}}  # fmt: skip
+    ref = open_clip.model.CLIP(**copy.deepcopy(oc_cfg))
+    optimizer = torch.optim.AdamW(ref.parameters())
+    path = tmp_path / "epoch_3.pt"
+    state = {f"module.{k}": v for k, v in ref.state_dict().items()}
+    torch.save({"epoch": 3, "name": "run", "state_dict": state, "optimizer": optimizer.state_dict()}, path)
+    ours = CLIP(ModelConfig.from_dict(oc_cfg, source="trainer"))
+    load_checkpoint(ours, path)
+    assert torch.equal(ours.text.text_projection, ref.text_projection)
+
+
+def test_missing_and_unexpected_keys_are_listed():
+    model = CLIP(get_model_config("mclip-tiny"))
+    state = dict(model.state_dict())
+    del state["visual.proj"]
+    state["visual.extra_weight"] = torch.zeros(1)
+    state["text.text_projection"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError) as err:
+        load_state_dict_strict(model, state, source="ckpt.pt")
+    message = str(err.value)
+    assert "ckpt.pt" in message
+    assert "missing keys (1): visual.proj" in message
+    assert "unexpected keys (1): visual.extra_weight" in message
+    assert "text.text_projection: checkpoint (3, 3) vs model (64, 64)" in message
+
+
+class _Payload:
+    """Any class: pickling it into a checkpoint means code would run on load."""
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": _Payload()}, path)
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_weights_file(path)
+
+
+def test_safetensors_round_trip(tmp_path):
+    from safetensors.torch import save_file
+
+    model = CLIP(get_model_config("mclip-tiny"))
+    path = tmp_path / "open_clip_model.safetensors"
+    save_file(to_open_clip(model.state_dict()), str(path))
+    clone = CLIP(get_model_config("mclip-tiny"))
+    load_checkpoint(clone, path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(clone.state_dict()[key], value)
+
+
+def test_position_embedding_resized_as_open_clip_does(tmp_path):
+    cfg = open_clip.get_model_config("ViT-B-32")
+    cfg["text_cfg"]["layers"] = 1
+    ref = open_clip.model.CLIP(**copy.deepcopy(cfg))
+    path = tmp_path / "b32.pt"
+    torch.save(ref.state_dict(), path)
+    expected = dict(ref.state_dict())
+    cfg["vision_cfg"]["image_size"] = 288
+    resize_pos_embed(expected, open_clip.model.CLIP(**copy.deepcopy(cfg)))
+    with pytest.raises(ValueError, match="unexpected keys|missing keys"):  # shipped ViT-B-32 has 12 text layers
+        create_model("ViT-B-32", pretrained=str(path), force_image_size=288)
+    model = CLIP(get_model_config("ViT-B-32").replace(vision={"image_size": 288}, text={"layers": 1}))
+    load_checkpoint(model, path)
+    assert model.visual.positional_embedding.shape == (82, 768)
+    resized = expected["visual.positional_embedding"]
+    torch.testing.assert_close(model.visual.positional_embedding, resized, atol=1e-6, rtol=0)

@@ -1,0 +1,127 @@
+"""Parity with open_clip 3.3.0: the same random weights give the same embeddings and logits (fp32), and
+our export loads back into open_clip strictly. Full size up to ViT-H-14; g, bigG and e at their real widths
+with the depth cut to 2 layers (two full copies would not fit in 24 GiB)."""
+
+from __future__ import annotations
+
+import copy
+
+import open_clip
+import pytest
+import torch
+
+from open_mclip import CLIP, ModelConfig, from_open_clip, get_model_config, to_open_clip
+from open_mclip.convert import load_state_dict_strict
+from open_mclip.transform import PreprocessConfig, image_transform
+
+CAPTIONS = ["a photo of a cat", "ein Foto von einem Hund 🐶", "猫の写真", "صورة قطة على الأريكة"]
+SMALL = ["ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-B-16-quickgelu", "RN50", "RN50-quickgelu", "RN101"]
+LARGE = [
+    "ViT-B-16-plus-240", "ViT-L-14", "ViT-L-14-quickgelu", "ViT-L-14-336", "ViT-L-14-336-quickgelu", "ViT-H-14",
+    "ViT-H-14-quickgelu", "RN101-quickgelu", "RN50x4", "RN50x4-quickgelu", "RN50x16", "RN50x16-quickgelu",
+    "RN50x64", "RN50x64-quickgelu",
+]  # fmt: skip
+CUT_DEPTH = ["ViT-g-14", "ViT-bigG-14", "ViT-bigG-14-quickgelu", "ViT-e-14"]
+
+
+def _inputs(photos, image_size) -> tuple[torch.Tensor, torch.Tensor]:
+    transform = image_transform(PreprocessConfig(size=image_size), is_train=False)
+    images = torch.stack([transform(p) for p in photos[:2]])
+    return images, open_clip.tokenize(CAPTIONS[:2])
+
+
+def _compare(ref: torch.nn.Module, ours: CLIP, images: torch.Tensor, text: torch.Tensor) -> None:
+    ref.eval(), ours.eval()
+    with torch.no_grad():
+        ref_img, ref_txt, ref_scale = ref(images, text)
+        our_img, our_txt, our_scale = ours(images, text)
+        ref_logits, _ = ref.get_logits(images, text)
+        our_logits, _ = ours.get_logits(images, text)
+    torch.testing.assert_close(our_img, ref_img, atol=1e-5, rtol=0)
+    torch.testing.assert_close(our_txt, ref_txt, atol=1e-5, rtol=0)
+    torch.testing.assert_close(our_logits, ref_logits, atol=1e-5, rtol=0)
+    assert torch.equal(our_scale, ref_scale)
+    # the comparison must be able to fail: features of different inputs differ by far more than the tolerance
+    assert (our_img[0] - our_img[1]).abs().max() > 1e-3
+
+
+def _check_arch(name: str, photos, *, depth: int | None = None) -> None:
+    oc_cfg = open_clip.get_model_config(name)
+    if depth is not None:
+        oc_cfg["vision_cfg"]["layers"] = depth
+        oc_cfg["text_cfg"]["layers"] = depth
+    oc_kwargs = {k: v for k, v in copy.deepcopy(oc_cfg).items() if k != "custom_text"}
+    ref = open_clip.model.CLIP(**oc_kwargs)
+    cfg = ModelConfig.from_dict(oc_cfg, source=name)
+    if depth is None:
+        assert cfg == get_model_config(name), "shipped config differs from open_clip's architecture"
+    with torch.device("meta"):
+        ours = CLIP(cfg)
+    load_state_dict_strict(ours, from_open_clip(ref.state_dict()), source=f"open_clip {name}", assign=True)
+    _compare(ref, ours, *_inputs(photos, ref.visual.image_size))
+    exported = to_open_clip(ours.state_dict())
+    ref.load_state_dict(exported, strict=True)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_parity_small(name, photos):
+    _check_arch(name, photos)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LARGE)
+def test_parity_large(name, photos):
+    _check_arch(name, photos)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CUT_DEPTH)
+def test_parity_real_width_cut_depth(name, photos):
+    _check_arch(name, photos, depth=2)
+
+
+def test_parity_timm_tower(photos):
+    """convnext_base through timm: open_clip's TimmModel and ours agree with shared weights."""
+    oc_cfg = open_clip.get_model_config("convnext_base")
+    oc_cfg["text_cfg"]["layers"] = 2
+    ref = open_clip.model.CLIP(**copy.deepcopy(oc_cfg))
+    ours = CLIP(ModelConfig.from_dict(oc_cfg, source="convnext_base"))
+    load_state_dict_strict(ours, from_open_clip(ref.state_dict()), source="open_clip convnext_base")
+    _compare(ref, ours, *_inputs(photos, 224))
+    ref.load_state_dict(to_open_clip(ours.state_dict()), strict=True)
+
+
+def test_parity_custom_text_layout_and_features(photos):
+    """open_clip's CustomTextCLIP layout, LayerScale, avg pooling, attentional pooling and a biased text
+    projection all load and agree."""
+    oc_cfg = {
+        "embed_dim": 64,
+        "vision_cfg": {
+            "image_size": 64, "patch_size": 16, "width": 96, "layers": 2, "head_width": 32,
+            "ls_init_value": 0.1, "attentional_pool": True, "attn_pooler_queries": 1, "attn_pooler_heads": 4,
+        },
+        "text_cfg": {"context_length": 77, "width": 64, "heads": 4, "layers": 2, "proj_bias": True,
+                     "ls_init_value": 0.1},
+        "init_logit_bias": -10.0,
+    }  # fmt: skip
+    ref = open_clip.model.CustomTextCLIP(**copy.deepcopy(oc_cfg))
+    for module in ref.modules():  # LayerScale gammas away from their constant init
+        if hasattr(module, "gamma"):
+            module.gamma.data.uniform_(0.5, 1.5)
+    ours = CLIP(ModelConfig.from_dict(oc_cfg, source="custom"))
+    load_state_dict_strict(ours, from_open_clip(ref.state_dict()), source="open_clip custom")
+    images, text = _inputs(photos, 64)
+    with torch.no_grad():
+        ref_out, our_out = ref(images, text), ours(images, text)
+    assert len(our_out) == 4  # logit_bias present
+    for a, b in zip(ref_out, our_out):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    ref.load_state_dict(to_open_clip(ours.state_dict(), layout="custom_text"), strict=True)
+
+    avg = {**oc_cfg, "vision_cfg": {**oc_cfg["vision_cfg"], "attentional_pool": False, "pool_type": "avg",
+                                    "final_ln_after_pool": True}}  # fmt: skip
+    ref = open_clip.model.CustomTextCLIP(**copy.deepcopy(avg))
+    ours = CLIP(ModelConfig.from_dict(avg, source="avg"))
+    load_state_dict_strict(ours, from_open_clip(ref.state_dict()), source="open_clip avg")
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode_image(images), ref.encode_image(images), atol=1e-5, rtol=0)
