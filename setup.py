@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 
 EXTRAS = {
-    "training": ["webdataset>=0.2.86", "braceexpand", "pandas", "tensorboard"],
+    "training": ["webdataset>=0.2.86", "braceexpand", "pandas", "tensorboard", "matplotlib"],
     "hf": ["transformers>=4.40", "tokenizers", "sentencepiece", "protobuf"],
     "timm": ["timm>=1.0"],
 }

@@ -52,10 +52,21 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         model = inner
 
 
+def to_cpu(value: Any) -> Any:
+    """Every tensor in a nested state moved to the CPU, so a checkpoint saved on any device loads on any other."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
 def build_state(*, model, optimizer, scaler, epoch: int, step: int, epoch_step: int, config) -> dict[str, Any]:
     return {
-        "state_dict": unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "state_dict": to_cpu(unwrap(model).state_dict()),
+        "optimizer": to_cpu(optimizer.state_dict()),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": epoch,  # epochs completed (the next epoch to run), open_clip's meaning
         "step": step,  # optimizer steps completed

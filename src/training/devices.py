@@ -1,18 +1,27 @@
 """One `Device` object per backend owns everything device specific, so the loop has no device branches.
 
-Nothing touches a device at import time. `get_device("auto")` picks what exists.
+Nothing touches a device at import time: Habana modules are imported in `HpuDevice.setup` only.
+`get_device("auto")` picks the first available of cuda, hpu, mps, cpu.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
+import logging
 import os
 import random
+from collections.abc import Iterable
+from types import ModuleType
 
 import numpy as np
 import torch
 
+from .distributed import world_from_env
 from .precision import Precision
+
+log = logging.getLogger(__name__)
 
 
 class Device:
@@ -51,6 +60,10 @@ class Device:
 
     def optimizer(self, params, *, lr: float, betas: tuple[float, float], eps: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps)
+
+    def clip_grad_norm(self, params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """Scale gradients so that their global L2 norm is at most `max_norm`; returns the norm before clipping."""
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def memory_stats(self) -> dict[str, float]:
         return {}
@@ -111,6 +124,128 @@ class CudaDevice(Device):
         return True
 
 
+class HpuDevice(Device):
+    """An Intel Gaudi card through the Habana PyTorch bridge (`habana_frameworks`), one card per process.
+
+    In lazy mode (`PT_HPU_LAZY_MODE=1`, the bridge's default) ops are queued into a graph that `mark_step` sends
+    to the card; in eager or torch.compile mode (`PT_HPU_LAZY_MODE=0`) `mark_step` does nothing.
+    """
+
+    type = "hpu"
+    dist_backend = "hccl"
+
+    def __init__(self, index: int | None = None):
+        if index not in (None, 0):
+            raise ValueError(
+                f"--device hpu:{index}: each process drives one Gaudi card, chosen by the launcher (torchrun's "
+                "LOCAL_RANK or HABANA_VISIBLE_MODULES); use --device hpu"
+            )
+        super().__init__(None)
+        self.lazy = True
+        self._core: ModuleType | None = None  # habana_frameworks.torch.core, imported by setup()
+        self._hpu: ModuleType | None = None  # habana_frameworks.torch.hpu (torch.hpu once the bridge is loaded)
+        self._tensor_type = "hpu"
+        self._clip: tuple[float, object | None] | None = None  # (max_norm, FusedClipNorm or None = not installed)
+
+    @classmethod
+    def available(cls) -> bool:
+        return importlib.util.find_spec("habana_frameworks") is not None
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self._tensor_type)
+
+    def setup(self, local_rank: int) -> None:
+        self._core = importlib.import_module("habana_frameworks.torch.core")
+        self._hpu = importlib.import_module("habana_frameworks.torch.hpu")
+        world = world_from_env()
+        if world.world_size > 1:
+            # the bridge reads torchrun's variables when hccl loads; under srun alone, give it SLURM's values
+            for key, value in (("WORLD_SIZE", world.world_size), ("RANK", world.rank), ("LOCAL_RANK", local_rank)):
+                os.environ.setdefault(key, str(value))
+            importlib.import_module("habana_frameworks.torch.distributed.hccl")  # registers the hccl backend
+        self.lazy = os.environ.get("PT_HPU_LAZY_MODE", "1") != "0"
+        # the bridge keeps tensors on torch.device("hpu"); a stand-in bridge may name the device it maps HPU to
+        self._tensor_type = getattr(self._hpu, "TENSOR_DEVICE_TYPE", "hpu")
+
+    @staticmethod
+    def _loaded(module: ModuleType | None) -> ModuleType:
+        if module is None:
+            raise RuntimeError("HpuDevice.setup(local_rank) must run before the device is used")
+        return module
+
+    def autocast(self, precision: Precision):
+        _reject_float16(precision)
+        return super().autocast(precision)  # torch.autocast(device_type="hpu", dtype=torch.bfloat16)
+
+    def grad_scaler(self, precision: Precision) -> None:
+        """bf16 needs no loss scaling, and float16 is refused on HPU."""
+        _reject_float16(precision)
+        return None
+
+    def synchronize(self) -> None:
+        self._loaded(self._hpu).synchronize()
+
+    def mark_step(self) -> None:
+        if self.lazy:
+            self._loaded(self._core).mark_step()
+
+    def optimizer(self, params, *, lr: float, betas: tuple[float, float], eps: float) -> torch.optim.Optimizer:
+        """Habana's fused AdamW when the bridge ships it, else torch's AdamW."""
+        try:
+            from habana_frameworks.torch.hpex.optimizers import FusedAdamW
+        except ImportError:
+            log.info("habana_frameworks.torch.hpex.optimizers.FusedAdamW not importable: using torch.optim.AdamW")
+            return super().optimizer(params, lr=lr, betas=betas, eps=eps)
+        return FusedAdamW(params, lr=lr, betas=betas, eps=eps)
+
+    def clip_grad_norm(self, params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+        """Habana's FusedClipNorm (one fused kernel for all gradients) when present, else torch's clipping."""
+        params = list(params)
+        if self._clip is None or self._clip[0] != max_norm:
+            self._clip = (max_norm, _fused_clip_norm(params, max_norm))
+        clipper = self._clip[1]
+        return super().clip_grad_norm(params, max_norm) if clipper is None else clipper.clip_norm(params)
+
+    def memory_stats(self) -> dict[str, float]:
+        stats = getattr(self._loaded(self._hpu), "memory_stats", None)
+        if stats is None:
+            return {}
+        return {"max_memory_gb": stats()["MaxInUse"] / 2**30}
+
+    def seed(self, seed: int) -> None:
+        super().seed(seed)
+        seed_hpu = getattr(self._loaded(self._hpu), "manual_seed_all", None)  # the HPU generator, where offered
+        if seed_hpu is not None:
+            seed_hpu(seed)
+
+    def __repr__(self) -> str:
+        return f"HpuDevice({self.torch_device}, {'lazy' if self.lazy else 'eager'} mode)"
+
+    @property
+    def compile_backend(self) -> str:
+        if self.lazy:
+            raise ValueError("--torchcompile on HPU needs eager mode: run with PT_HPU_LAZY_MODE=0")
+        return "hpu_backend"
+
+
+def _reject_float16(precision: Precision) -> None:
+    if torch.float16 in (precision.autocast_dtype, precision.param_dtype):
+        raise ValueError(
+            f"--precision {precision.name} uses float16, which the HPU backend does not support; "
+            "use --precision amp_bf16 (mixed) or bf16/pure_bf16"
+        )
+
+
+def _fused_clip_norm(params: list[torch.Tensor], max_norm: float):
+    try:
+        from habana_frameworks.torch.hpex.normalization import FusedClipNorm
+    except ImportError:
+        log.info("habana_frameworks.torch.hpex.normalization.FusedClipNorm not importable: using torch clipping")
+        return None
+    return FusedClipNorm(params, max_norm)
+
+
 class MpsDevice(Device):
     type = "mps"
 
@@ -122,7 +257,8 @@ class MpsDevice(Device):
         torch.mps.synchronize()
 
 
-DEVICES: dict[str, type[Device]] = {cls.type: cls for cls in (CudaDevice, MpsDevice, Device)}
+# the order is the preference of --device auto
+DEVICES: dict[str, type[Device]] = {cls.type: cls for cls in (CudaDevice, HpuDevice, MpsDevice, Device)}
 
 
 def available_devices() -> list[str]:
@@ -130,7 +266,7 @@ def available_devices() -> list[str]:
 
 
 def get_device(name: str = "auto") -> Device:
-    """A `Device` for `cpu`, `cuda`, `mps` or `auto` (the first available of cuda, mps, cpu)."""
+    """A `Device` for `cpu`, `cuda`, `hpu`, `mps` or `auto` (the first available of cuda, hpu, mps, cpu)."""
     if name == "auto":
         name = available_devices()[0]
     base, _, index = name.partition(":")

@@ -67,3 +67,10 @@ def broadcast_object(obj, world: World, *, src: int = 0):
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def shutdown_distributed(world: World) -> None:
+    """Tear the process group down once every rank is done."""
+    if world.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

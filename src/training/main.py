@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig
 from .data import get_data
 from .devices import Device, get_device
-from .distributed import World, barrier, broadcast_object, init_distributed, world_from_env
+from .distributed import World, barrier, broadcast_object, init_distributed, shutdown_distributed, world_from_env
 from .evaluate import validate, zero_shot
 from .logger import MetricsLogger, setup_logging, write_params
 from .optim import create_optimizer
@@ -44,7 +45,7 @@ class LoopContext:
     batches_per_epoch: int
     world_size: int
     logger: MetricsLogger
-    skipped: callable
+    skipped: Callable[[], int]  # samples skipped so far (bad images, missing captions)
 
     def autocast(self):
         return self.device.autocast(self.precision)
@@ -107,7 +108,18 @@ def _evaluate(model, cfg: TrainConfig, data, loss_fn, ctx: LoopContext, world: W
         )  # fmt: skip
     for split, metrics in results.items():
         ctx.logger.log(split, metrics, step=epoch, epoch=epoch)
+    if "zeroshot" in results and world.is_master:
+        log.info("zero-shot accuracy after epoch %d:\n%s", epoch, zero_shot_table(results["zeroshot"]))
     return results
+
+
+def zero_shot_table(metrics: dict) -> str:
+    """A plain-text table: one row per language with top-1 and top-5 accuracy in percent."""
+    languages = [key[: -len("_top1")] for key in metrics if key.endswith("_top1")]
+    rows = ["language | top-1 | top-5", "---------|-------|------"]
+    rows += [f"{lang:<8} | {100 * metrics[f'{lang}_top1']:5.1f} | {100 * metrics[f'{lang}_top5']:5.1f}"
+             for lang in languages]  # fmt: skip
+    return "\n".join(rows)
 
 
 def loss_fn_single(cfg: TrainConfig):
@@ -143,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     loss_fn = create_loss(
         "siglip" if cfg.loss.siglip else "clip", rank=world.rank, world_size=world.world_size,
         local_loss=cfg.loss.local_loss, gather_with_grad=cfg.loss.gather_with_grad,
+        siglip_dist_impl=cfg.loss.loss_dist_impl,
     )  # fmt: skip
 
     if "train" not in data:  # evaluation only
@@ -208,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
 
             plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     logger.close()
+    shutdown_distributed(world)
     return results
 
 

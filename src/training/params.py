@@ -29,7 +29,7 @@ HELP = {
     "warmup": "linear warm-up steps",
     "accum_freq": "contrastive gradient accumulation: update every N batches as one batch of N x batch size",
     "precision": "numeric precision",
-    "device": "auto, cpu, cuda or mps",
+    "device": "auto (cuda, then hpu, mps, cpu), cpu, cuda, hpu or mps",
     "save_every_n_steps": "also save a checkpoint every N optimizer steps",
     "resume": "checkpoint file to resume from, or 'latest' for the newest complete one of this run",
     "report_to": "'tensorboard' to also write TensorBoard scalars",

@@ -30,7 +30,7 @@ class Stepper:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
+            self.device.clip_grad_norm(params, self.grad_clip_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()

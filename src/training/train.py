@@ -75,6 +75,7 @@ def train_one_epoch(model, loader, loss_fn, stepper, scheduler, *, ctx, state: L
         running_loss = loss if running_loss is None else running_loss + loss
         logged_batches += accum
         if state.step % ctx.log_every == 0 or state.epoch_step == ctx.batches_per_epoch:
+            device.mark_step()  # a lazily built graph must run before its values are read
             device.synchronize()
             elapsed = time.perf_counter() - window_start
             metrics = {

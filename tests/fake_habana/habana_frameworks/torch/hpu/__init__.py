@@ -1,0 +1,39 @@
+"""Fake `habana_frameworks.torch.hpu` (the real one becomes `torch.hpu`): one card, backed by the CPU."""
+
+from __future__ import annotations
+
+from habana_frameworks.fake_log import record
+
+# the fake's own hook: HpuDevice places "HPU" tensors on this torch device type (the real bridge uses "hpu")
+TENSOR_DEVICE_TYPE = "cpu"
+
+MAX_IN_USE_BYTES = 3 * 2**29  # what memory_stats reports as peak use: 1.5 GiB
+
+
+def is_available() -> bool:
+    return True
+
+
+def device_count() -> int:
+    return 1
+
+
+def current_device() -> int:
+    return 0
+
+
+def synchronize() -> None:
+    record("synchronize")
+
+
+def memory_stats(device=None) -> dict[str, int]:
+    record("memory_stats")
+    return {"Limit": 8 * 2**30, "InUse": 2**29, "MaxInUse": MAX_IN_USE_BYTES, "NumAllocs": 0, "NumFrees": 0}
+
+
+def manual_seed(seed: int) -> None:
+    record("manual_seed", seed=int(seed))
+
+
+def manual_seed_all(seed: int) -> None:
+    manual_seed(seed)
