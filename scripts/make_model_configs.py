@@ -19,6 +19,8 @@ ARCHITECTURES = [
     "ViT-H-14", "ViT-H-14-quickgelu", "ViT-g-14", "ViT-bigG-14", "ViT-bigG-14-quickgelu", "ViT-e-14",
     "RN50", "RN50-quickgelu", "RN101", "RN101-quickgelu", "RN50x4", "RN50x4-quickgelu",
     "RN50x16", "RN50x16-quickgelu", "RN50x64", "RN50x64-quickgelu", "convnext_base",
+    "xlm-roberta-base-ViT-B-32", "xlm-roberta-large-ViT-H-14", "roberta-ViT-B-32", "mt5-base-ViT-B-32",
+    "mt5-xl-ViT-H-14", "nllb-clip-base", "nllb-clip-large",
 ]  # fmt: skip
 
 

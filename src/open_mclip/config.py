@@ -163,8 +163,84 @@ class TextTransformerConfig(TowerConfig):
             raise ValueError(f"{source}: text width {self.width} is not a multiple of heads {self.heads}")
 
 
+# open_clip's pooler names -> ours
+HF_POOLER_ALIASES = {
+    "mean_pooler": "mean",
+    "max_pooler": "max",
+    "cls_pooler": "cls",
+    "cls_last_hidden_state_pooler": "cls_last_hidden_state",
+}
+HF_POOLERS = ("mean", "max", "cls", "cls_last_hidden_state", "pooler_output")
+HF_PROJECTIONS = ("none", "linear", "mlp", "residual_mlp")
+
+
+@dataclass
+class HFTextConfig(TowerConfig):
+    """A Hugging Face transformers encoder (BERT, RoBERTa, XLM-R, mT5, NLLB...) pooled and projected.
+
+    `model_name` is a hub name or local folder. `model_type` (e.g. "xlm-roberta") instead builds a randomly
+    initialised model from `AutoConfig.for_model(model_type, **model_kwargs)` with no hub access (needs
+    `pretrained=False`). `tokenizer` defaults to `model_name`. Poolers: "mean"/"max" over real tokens,
+    "cls_last_hidden_state" (first token), "pooler_output" (the model's own pooling layer), "cls" (open_clip's
+    `cls_pooler`: the pooling layer where the model has one, else the first token). Projections: "none",
+    "linear", "mlp" (open_clip's two-layer GELU head), "residual_mlp" (a linear map then `proj_layers` residual
+    GELU blocks sharing one LayerNorm, as in the Habana-trained multilingual CLIP).
+    """
+
+    type: ClassVar[str] = "hf"
+    always_written = ("pooler_type", "proj_type")
+    model_name: str = ""
+    model_type: str = ""
+    pretrained: bool = True
+    pooler_type: str = "mean"
+    proj_type: str = "mlp"
+    proj_layers: int = 1
+    proj_bias: bool = False
+    proj_dropout: float = 0.0
+    context_length: int = 77
+    tokenizer: str = ""  # a Hugging Face tokenizer name or folder; empty: model_name
+    tokenizer_kwargs: dict = field(default_factory=dict)
+    model_kwargs: dict = field(default_factory=dict)  # overrides for the Hugging Face model config
+
+    def __post_init__(self) -> None:
+        self.pooler_type = HF_POOLER_ALIASES.get(self.pooler_type, self.pooler_type)
+        if self.proj_type is None:  # open_clip's hf_proj_type=None: no projection
+            self.proj_type = "none"
+
+    @property
+    def tokenizer_name(self) -> str:
+        """The tokenizer to load: `tokenizer`, else `model_name`."""
+        name = self.tokenizer or self.model_name
+        if not name:
+            raise ValueError(
+                f"this hf text tower (model_type={self.model_type!r}) names no tokenizer; set 'tokenizer' to a "
+                "Hugging Face tokenizer name or folder, e.g. 'xlm-roberta-base'"
+            )
+        return name
+
+    def validate(self, source: str) -> None:
+        if bool(self.model_name) == bool(self.model_type):
+            raise ValueError(
+                f"{source}: an hf text tower needs exactly one of model_name (hub name or folder) and model_type "
+                f"(build from config); got model_name={self.model_name!r}, model_type={self.model_type!r}"
+            )
+        if self.model_type and self.pretrained:
+            raise ValueError(f"{source}: model_type={self.model_type!r} builds random weights; set pretrained=false")
+        _check_choice(source, "pooler_type", self.pooler_type, HF_POOLERS + tuple(HF_POOLER_ALIASES))
+        _check_choice(source, "proj_type", self.proj_type, HF_PROJECTIONS)
+        if self.proj_layers < 1 or (self.proj_layers != 1 and self.proj_type != "residual_mlp"):
+            raise ValueError(
+                f"{source}: proj_layers={self.proj_layers} needs proj_type 'residual_mlp' (and must be >= 1); "
+                f"proj_type {self.proj_type!r} has a fixed depth"
+            )
+        if self.proj_dropout and self.proj_type != "residual_mlp":
+            raise ValueError(f"{source}: proj_dropout={self.proj_dropout} is only used by proj_type 'residual_mlp'")
+        if not 0.0 <= self.proj_dropout < 1.0:
+            raise ValueError(f"{source}: proj_dropout={self.proj_dropout} must be in [0, 1)")
+
+
 VISION_TYPES: dict[str, type[TowerConfig]] = {c.type: c for c in (ViTConfig, ModifiedResNetConfig, TimmConfig)}
-TEXT_TYPES: dict[str, type[TowerConfig]] = {c.type: c for c in (TextTransformerConfig,)}
+TEXT_TYPES: dict[str, type[TowerConfig]] = {c.type: c for c in (TextTransformerConfig, HFTextConfig)}
 
 
 def tower_from_dict(data: dict[str, Any], *, kinds: dict[str, type[TowerConfig]], source: str) -> TowerConfig:

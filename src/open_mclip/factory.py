@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .config import ModelConfig, TimmConfig
+from .config import HFTextConfig, ModelConfig, TimmConfig
 from .convert import load_checkpoint
 from .model import CLIP
 from .pretrained import resolve_hf_hub, resolve_pretrained
@@ -206,13 +206,21 @@ def create_model_from_pretrained(
 
 
 def get_tokenizer(
-    model_name: str = "ViT-B-32", *, context_length: int | None = None, cache_dir: str | None = None
+    model_name: str = "ViT-B-32",
+    *,
+    context_length: int | None = None,
+    cache_dir: str | None = None,
+    **tokenizer_kwargs: Any,
 ) -> ClipTokenizer | HFTokenizer:
-    """The tokenizer a model's text tower expects (CLIP BPE, or the Hugging Face tokenizer it names)."""
+    """The tokenizer a model's text tower expects (CLIP BPE, or the Hugging Face tokenizer it names).
+
+    `tokenizer_kwargs` override the config's `tokenizer_kwargs`, as in open_clip; e.g. a Hugging Face tokenizer
+    read offline from a lone file: `get_tokenizer("mclip-tiny-xlmr", tokenizer_file="/path/tokenizer.json")`.
+    """
     cfg = _resolve(model_name, None, cache_dir=cache_dir).cfg.text
     context_length = context_length or getattr(cfg, "context_length", 77)
-    name = getattr(cfg, "tokenizer", "clip")
-    kwargs = dict(getattr(cfg, "tokenizer_kwargs", {}) or {})
+    name = cfg.tokenizer_name if isinstance(cfg, HFTextConfig) else getattr(cfg, "tokenizer", "clip")
+    kwargs = {**(getattr(cfg, "tokenizer_kwargs", {}) or {}), **tokenizer_kwargs}
     if name == "clip":
         return ClipTokenizer(context_length=context_length, **kwargs)
     return HFTokenizer(name, context_length=context_length, cache_dir=cache_dir, **kwargs)

@@ -100,31 +100,36 @@ def _vision(cfg: dict, *, quick_gelu: bool, preprocess: dict, source: str) -> di
     return out
 
 
+# text_cfg keys that open_clip's HFTextEncoder ignores (its sizes come from the Hugging Face config)
+_HF_IGNORED_KEYS = {
+    "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value", "pad_id", "eos_id", "pool_type",
+    "proj_bias", "proj_type", "no_causal_mask", "act_kwargs", "norm_kwargs",
+}  # fmt: skip
+_HF_KEYS = {
+    "hf_model_name": "model_name", "hf_model_pretrained": "pretrained", "hf_proj_type": "proj_type",
+    "hf_pooler_type": "pooler_type", "hf_tokenizer_name": "tokenizer", "tokenizer_kwargs": "tokenizer_kwargs",
+    "context_length": "context_length",
+}  # fmt: skip
+
+
+def _hf_text(cfg: dict, *, source: str) -> dict:
+    """An open_clip HFTextEncoder text_cfg as our "hf" tower (open_clip's defaults: mlp head, mean pooling)."""
+    out: dict[str, Any] = {"type": "hf", "pretrained": True, "proj_type": "mlp", "pooler_type": "mean_pooler"}
+    for key, value in cfg.items():
+        if key in _HF_KEYS:
+            out[_HF_KEYS[key]] = "none" if key == "hf_proj_type" and value is None else value
+        elif key not in _HF_IGNORED_KEYS:
+            raise _unsupported(source, "text_cfg", key, value)
+    if not out.get("tokenizer_kwargs"):
+        out.pop("tokenizer_kwargs", None)
+    return out
+
+
 def _text(cfg: dict, *, quick_gelu: bool, source: str) -> dict:
     cfg = _take_off_values(cfg, source, "text_cfg")
     cfg.pop("final_ln_after_pool", None)  # declared by open_clip's text config but never used by its text tower
     if cfg.get("hf_model_name"):
-        out = {
-            "type": "hf",
-            "model_name": cfg.pop("hf_model_name"),
-            "pretrained": cfg.pop("hf_model_pretrained", True),
-            "proj_type": cfg.pop("hf_proj_type", "mlp"),
-            "pooler_type": cfg.pop("hf_pooler_type", "mean_pooler"),
-        }
-        for key in (
-            "context_length",
-            "vocab_size",
-            "hf_tokenizer_name",
-            "tokenizer_kwargs",
-            "width",
-            "heads",
-            "layers",
-        ):
-            if key in cfg:
-                out[key] = cfg.pop(key)
-        if cfg:
-            raise _unsupported(source, "text_cfg", next(iter(cfg)), cfg[next(iter(cfg))])
-        return out
+        return _hf_text(cfg, source=source)
     out: dict[str, Any] = {"type": "transformer"}
     _norm_and_act(cfg, out, quick_gelu=quick_gelu, source=source, where="text_cfg")
     if cfg.pop("no_causal_mask", False):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..config import ModifiedResNetConfig, TextTransformerConfig, TimmConfig, TowerConfig, ViTConfig
+from ..config import HFTextConfig, ModifiedResNetConfig, TextTransformerConfig, TimmConfig, TowerConfig, ViTConfig
 from .base import Tower
+from .hf import HFTextTower  # transformers itself is imported only when such a tower is built
 from .resnet import ModifiedResNet
 from .text import TextTransformer
 from .vit import VisionTransformer
@@ -20,6 +21,7 @@ BUILDERS = {
     ModifiedResNetConfig: ModifiedResNet,
     TimmConfig: _timm_tower,
     TextTransformerConfig: TextTransformer,
+    HFTextConfig: HFTextTower,
 }
 
 
@@ -32,4 +34,4 @@ def build_tower(cfg: TowerConfig, *, embed_dim: int) -> Tower:
     return builder(cfg, embed_dim=embed_dim)
 
 
-__all__ = ["Tower", "build_tower", "BUILDERS", "VisionTransformer", "ModifiedResNet", "TextTransformer"]
+__all__ = ["Tower", "build_tower", "BUILDERS", "VisionTransformer", "ModifiedResNet", "TextTransformer", "HFTextTower"]
