@@ -9,7 +9,10 @@ import torch.nn.functional as F
 
 
 def _fill(template: str | Callable[[str], str], classname: str) -> str:
-    return template(classname) if callable(template) else template.format(classname)
+    """A prompt from a callable, a `{c}` template (clip_benchmark's style) or a `{}` format string."""
+    if callable(template):
+        return template(classname)
+    return template.replace("{c}", classname) if "{c}" in template else template.format(classname)
 
 
 @torch.no_grad()
@@ -25,7 +28,7 @@ def build_zero_shot_classifier(
     """(embed_dim, classes) weights: the normalized mean of each class's normalized prompt embeddings.
 
     Prompts for all classes and templates are encoded in batches of `batch_size`, whatever the class count.
-    Templates are format strings with one `{}` for the class name, or callables.
+    Templates are strings with `{}` or `{c}` where the class name goes, or callables.
     """
     if not classnames or not templates:
         raise ValueError("zero-shot classification needs at least one class name and one template")
