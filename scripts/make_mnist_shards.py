@@ -4,10 +4,12 @@ Writes, under --out:
   train/shard-000000.tar ...  and  val/shard-000000.tar ...   WebDataset samples: `{key}.png` (28x28 8-bit
       greyscale, white digit on black, as in MNIST), `{key}.txt` (one caption in one language) and `{key}.json`
       ({"label": int, "lang": str}); each folder has a `sizes.json` ({shard name: sample count}).
-  test/<digit>/<index>.png    the 10,000 MNIST test images as an ImageFolder, for zero-shot evaluation.
+  test/<digit>/<index>.png    the MNIST test images (all 10,000 by default) as an ImageFolder, for zero-shot.
   classnames.json, templates.json   {lang: [...]}: zero-shot class names and prompt templates, phrased unlike
       the training captions.
-Captions come from templates per language in `src/training/demo_data/` (number words and numerals mixed).
+Captions come from the material per language in `src/training/demo_data/`: templates naming the digit by word or
+numeral, wrapped half the time in context phrases ("photo", "black background") and ended now and then by the
+language's full stop, each at most --max-tokens CLIP BPE tokens. docs/demo_recipe.md explains why.
 The output is a pure function of the arguments: the same seed writes byte-identical files.
 
 Usage: python scripts/make_mnist_shards.py --out /tmp/mnist-wds [--train-samples 50000] [--languages en,de,ru,ja]
@@ -16,6 +18,7 @@ Usage: python scripts/make_mnist_shards.py --out /tmp/mnist-wds [--train-samples
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import io
 import json
@@ -75,6 +78,7 @@ class LanguageCaptions:
     contexts: tuple[str, ...] = ()  # caption-like phrases about the picture ("photo", "black background")
     context_frames: tuple[str, ...] = ("{context}: {caption}",)  # where the context goes
     context_join: str = ", "
+    full_stop: str = "."  # ends a caption now and then, as it ends sentences in captions
 
     def core(self, digit: int, rng: np.random.Generator) -> str:
         """A caption naming `digit` by word or numeral."""
@@ -82,15 +86,30 @@ class LanguageCaptions:
         words, numerals = self.words[digit], self.numerals[digit]
         return template.format(word=words[rng.integers(len(words))], numeral=numerals[rng.integers(len(numerals))])
 
-    def caption(self, digit: int, rng: np.random.Generator, *, context_prob: float, fits: Callable[[str], bool]) -> str:
-        """A core caption, wrapped in one or two context phrases with probability `context_prob`.
+    def caption(
+        self,
+        digit: int,
+        rng: np.random.Generator,
+        *,
+        context_prob: float,
+        stop_prob: float,
+        fits: Callable[[str], bool],
+    ) -> str:
+        """A core caption, wrapped in one or two context phrases (probability `context_prob`) and ended by the
+        language's full stop (probability `stop_prob`).
 
-        Context words in the same script teach the text tower which tokens name the digit; without them, words
-        of a non-Latin script it never saw (made of the same byte tokens as the number words) derail it.
+        Context words and punctuation of each script teach the text tower which tokens name the digit. Without
+        them, words or a full stop (Hindi's "।") that it never saw, made of the byte tokens of the number words,
+        derail it at zero-shot time.
         """
-        core = self.core(digit, rng)
-        if not self.contexts or rng.random() >= context_prob:
-            return core
+        text = self.core(digit, rng)
+        if self.contexts and rng.random() < context_prob:
+            text = self._with_context(text, rng, fits=fits)
+        if rng.random() < stop_prob and fits(text + self.full_stop):
+            text += self.full_stop
+        return text
+
+    def _with_context(self, core: str, rng: np.random.Generator, *, fits: Callable[[str], bool]) -> str:
         for _ in range(4):  # a few tries at a context short enough for the text tower's context length
             picks = rng.choice(len(self.contexts), size=1 + int(rng.random() < 0.3), replace=False)
             context = self.context_join.join(self.contexts[i] for i in picks)
@@ -123,7 +142,10 @@ def load_caption_data(
         contexts = tuple(entry.get("context", ()))
         frames = tuple(entry.get("context_frames", LanguageCaptions.context_frames))
         join = entry.get("context_join", LanguageCaptions.context_join)
-        material.append(LanguageCaptions(lang, words, numerals, tuple(entry["templates"]), contexts, frames, join))
+        stop = entry.get("full_stop", LanguageCaptions.full_stop)
+        material.append(
+            LanguageCaptions(lang, words, numerals, tuple(entry["templates"]), contexts, frames, join, stop)
+        )
     classnames = {lang: list(zero_shot[lang]["classnames"]) for lang in languages}
     templates = {lang: list(zero_shot[lang]["templates"]) for lang in languages}
     return material, classnames, templates
@@ -149,7 +171,12 @@ def token_budget(max_tokens: int) -> Callable[[str], bool]:
     from open_mclip import ClipTokenizer  # only when a limit is asked for
 
     tokenizer = ClipTokenizer()
-    return lambda text: len(tokenizer.encode(text)) <= max_tokens
+
+    @functools.lru_cache(maxsize=1 << 16)  # captions repeat: each distinct one is tokenized once
+    def fits(text: str) -> bool:
+        return len(tokenizer.encode(text)) <= max_tokens
+
+    return fits
 
 
 def captioned_samples(
@@ -159,6 +186,7 @@ def captioned_samples(
     *,
     rng: np.random.Generator,
     context_prob: float,
+    stop_prob: float,
     fits: Callable[[str], bool],
 ) -> Iterator[tuple[np.ndarray, int, str, str]]:
     """(image, label, language, caption) per image; languages take turns in a shuffled order, so each is equally
@@ -167,7 +195,12 @@ def captioned_samples(
     rng.shuffle(order)
     for image, label, which in zip(images, labels, order):
         lang = material[which]
-        yield image, int(label), lang.lang, lang.caption(int(label), rng, context_prob=context_prob, fits=fits)
+        yield (
+            image,
+            int(label),
+            lang.lang,
+            lang.caption(int(label), rng, context_prob=context_prob, stop_prob=stop_prob, fits=fits),
+        )
 
 
 def write_shards(
@@ -216,6 +249,7 @@ def make_shards(
     seed: int = 0,
     shard_size: int = 5000,
     context_prob: float = 0.5,
+    stop_prob: float = 0.3,
     max_tokens: int = 30,
     mnist_path: Path | None = None,
     data_dir: Path = DEMO_DATA,
@@ -229,8 +263,9 @@ def make_shards(
         raise ValueError(f"test_samples={test_samples} must be in 0..{TEST_SIZE} (the MNIST test split)")
     if shard_size < 1:
         raise ValueError(f"shard_size={shard_size} must be at least 1")
-    if not 0.0 <= context_prob <= 1.0:
-        raise ValueError(f"context_prob={context_prob} must be a probability in [0, 1]")
+    for name, p in (("context_prob", context_prob), ("stop_prob", stop_prob)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name}={p} must be a probability in [0, 1]")
     if not languages or len(set(languages)) != len(languages):
         raise ValueError(f"languages={list(languages)} must be a non-empty list without repeats")
     material, classnames, templates = load_caption_data(languages, data_dir=data_dir)
@@ -241,7 +276,9 @@ def make_shards(
     for split, count in (("train", train_samples), ("val", val_samples)):
         images, labels = data[split]
         pick = np.sort(rng.permutation(len(images))[:count])  # a seeded subset, kept in MNIST order
-        samples = captioned_samples(images[pick], labels[pick], material, rng=rng, context_prob=context_prob, fits=fits)
+        samples = captioned_samples(
+            images[pick], labels[pick], material, rng=rng, context_prob=context_prob, stop_prob=stop_prob, fits=fits
+        )
         counts[split] = sum(write_shards(out / split, samples, shard_size=shard_size, prefix=split).values())
     images, labels = data["test"]
     write_image_folder(out / "test", images[:test_samples], labels[:test_samples])  # the first N, for quick runs
@@ -261,6 +298,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shard-size", type=int, default=5000, help="samples per tar shard")
     parser.add_argument("--context-prob", type=float, default=0.5, help="share of captions with context phrases")
+    parser.add_argument("--stop-prob", type=float, default=0.3, help="share of captions ending in a full stop")
     parser.add_argument(
         "--max-tokens", type=int, default=30, help="longest caption in CLIP BPE tokens (context length - 2; 0: any)"
     )
@@ -282,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         shard_size=args.shard_size,
         context_prob=args.context_prob,
+        stop_prob=args.stop_prob,
         max_tokens=args.max_tokens,
         mnist_path=args.mnist,
         data_dir=args.data_dir,

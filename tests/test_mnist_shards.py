@@ -103,7 +103,10 @@ def _core_captions(lang, digits=range(10)) -> set[str]:
 
 
 def _is_training_caption(text: str, lang, cores: set[str]) -> bool:
-    """Whether `text` is a core caption from `cores`, or one wrapped in one or two of `lang`'s context phrases."""
+    """Whether `text` is a core caption from `cores`, maybe wrapped in one or two of `lang`'s context phrases,
+    maybe ended by its full stop."""
+    if text.endswith(lang.full_stop) and _is_training_caption(text[: -len(lang.full_stop)], lang, cores):
+        return True
     if text in cores:
         return True
     contexts = set(lang.contexts) | {lang.context_join.join((a, b)) for a in lang.contexts for b in lang.contexts}
@@ -179,15 +182,17 @@ def test_every_language_present_with_labelled_non_empty_captions(out):
 def test_captions_name_the_right_digit(out):
     material = _material()
     cores = {(lang, d): _core_captions(m, [d]) for lang, m in material.items() for d in range(10)}
-    with_context = 0
+    with_context = with_stop = 0
     for key, sample in _read_split(out / "val").items():
         meta, caption = json.loads(sample["json"]), sample["txt"].decode("utf-8")
         lang = material[meta["lang"]]
         assert _is_training_caption(caption, lang, cores[meta["lang"], meta["label"]]), (
             f"{key}: {caption!r} is not a {meta['lang']} caption of {meta['label']}"
         )
-        with_context += caption not in cores[meta["lang"], meta["label"]]
+        with_context += caption.removesuffix(lang.full_stop) not in cores[meta["lang"], meta["label"]]
+        with_stop += caption.endswith(lang.full_stop)
     assert 0.3 < with_context / 300 < 0.7  # about half the captions carry context phrases (context_prob=0.5)
+    assert 0.15 < with_stop / 300 < 0.45  # and about a third end with a full stop (stop_prob=0.3)
 
 
 def test_context_phrases_name_no_digit():
