@@ -49,6 +49,10 @@ class LossArgs:
 class OptimArgs:
     opt: str = "adamw"
     lr: float | None = None  # default: 5e-4 (CLIP paper)
+    lr_image: float | None = None  # peak lr of the image tower (default --lr); LiT: a fresh image tower learns fast
+    lr_text: float | None = None  # peak lr of the text tower (default --lr); a pretrained text tower moves slowly
+    layer_decay_image: float = 1.0  # layer-wise lr decay: the block i from the top gets lr * decay**i
+    layer_decay_text: float = 1.0
     beta1: float | None = None  # default: 0.9
     beta2: float | None = None  # default: 0.98 for ViT towers, 0.999 otherwise
     eps: float | None = None  # default: 1e-6 for ViT towers, 1e-8 otherwise

@@ -1,4 +1,5 @@
-"""AdamW with open_clip's defaults and no weight decay on gains, biases, embeddings and the logit scale."""
+"""AdamW with open_clip's defaults, no weight decay on gains, biases, embeddings and the logit scale, and learning
+rates per tower (--lr-image, --lr-text) with optional layer-wise decay (--layer-decay-image, --layer-decay-text)."""
 
 from __future__ import annotations
 
@@ -26,14 +27,49 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return names | (set(declared()) if declared else set())
 
 
-def param_groups(model: nn.Module, *, weight_decay: float) -> list[dict]:
-    """Two groups: decayed matrices and undecayed rest; frozen parameters are left out."""
-    skip = no_decay_names(model)
-    decay, no_decay = [], []
+def layer_scales(tower: nn.Module, decay: float) -> dict[int, float]:
+    """id(parameter) -> learning-rate multiplier for layer-wise decay (BEiT, arXiv:2106.08254).
+
+    With n blocks (see Tower.lock_groups): the head keeps the full rate, block i from the top (i = 1 for the top
+    block) gets decay**i, and the stem decay**(n + 1). Parameters a tower does not list count as head.
+    """
+    stem, blocks, head = tower.lock_groups()
+    scales = {id(p): 1.0 for p in head}
+    for depth, block in enumerate(reversed(blocks), start=1):
+        scales.update({id(p): decay**depth for p in block})
+    scales.update({id(p): decay ** (len(blocks) + 1) for p in stem})
+    return scales
+
+
+def tower_lrs(model: nn.Module, cfg: OptimArgs, *, lr: float) -> dict[int, float]:
+    """id(parameter) -> peak learning rate: --lr-image/--lr-text per tower (default --lr), times the layer-wise
+    decay of that tower; the logit scale and bias keep --lr."""
+    out = {}
+    for tower, tower_lr, decay in ((model.visual, cfg.lr_image, cfg.layer_decay_image),
+                                   (model.text, cfg.lr_text, cfg.layer_decay_text)):  # fmt: skip
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"layer-wise lr decay must be in (0, 1], got {decay}: use e.g. --layer-decay-image 0.75")
+        base = tower_lr if tower_lr is not None else lr
+        scales = layer_scales(tower, decay) if decay != 1.0 else {}
+        out.update({id(p): base * scales.get(id(p), 1.0) for p in tower.parameters()})
+    return out
+
+
+def param_groups(model: nn.Module, *, weight_decay: float, lr: float = 0.0,
+                 lrs: dict[int, float] | None = None) -> list[dict]:  # fmt: skip
+    """One group per (peak lr, weight decay): matrices are decayed, the rest not; frozen parameters are left out.
+
+    `lrs` maps id(parameter) to its peak lr (default `lr` for all, giving the two groups open_clip has). Each group
+    carries `base_lr`, the peak the scheduler scales.
+    """
+    skip, lrs = no_decay_names(model), lrs or {}
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if name in skip else decay).append(param)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+            key = (0.0 if name in skip else weight_decay, lrs.get(id(param), lr))
+            groups.setdefault(key, []).append(param)
+    keys = sorted(groups, key=lambda k: (k[0] != 0.0, -k[1]))  # undecayed first, then by falling lr
+    return [{"params": groups[k], "weight_decay": k[0], "lr": k[1], "base_lr": k[1]} for k in keys]
 
 
 def create_optimizer(model: nn.Module, cfg: OptimArgs, *, model_name: str, device: Device) -> torch.optim.Optimizer:
@@ -43,7 +79,5 @@ def create_optimizer(model: nn.Module, cfg: OptimArgs, *, model_name: str, devic
     lr = cfg.lr if cfg.lr is not None else defaults["lr"]
     betas = (cfg.beta1 if cfg.beta1 is not None else defaults["beta1"], cfg.beta2 or defaults["beta2"])
     eps = cfg.eps if cfg.eps is not None else defaults["eps"]
-    optimizer = device.optimizer(param_groups(model, weight_decay=cfg.wd), lr=lr, betas=betas, eps=eps)
-    for group in optimizer.param_groups:
-        group["base_lr"] = lr
-    return optimizer
+    groups = param_groups(model, weight_decay=cfg.wd, lr=lr, lrs=tower_lrs(model, cfg, lr=lr))
+    return device.optimizer(groups, lr=lr, betas=betas, eps=eps)
