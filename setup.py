@@ -36,8 +36,12 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     package_data={
-        "open_mclip": ["bpe_simple_vocab_16e6.txt.gz", "NOTICE_bpe_vocab.md", "model_configs/*.json", "pretrained.json"]
-    },
+        "open_mclip": [
+            "bpe_simple_vocab_16e6.txt.gz", "NOTICE_bpe_vocab.md", "model_configs/*.json", "pretrained.json",
+            "zero_shot_data/*.json", "zero_shot_data/SOURCES.md",
+        ],
+        "training": ["demo_data/*.json"],
+    },  # fmt: skip
     include_package_data=True,
     install_requires=["torch>=2.1", "numpy", "Pillow", "ftfy", "regex", "huggingface_hub", "safetensors", "tqdm"],
     extras_require=EXTRAS,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,18 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """`free_port()` is a TCP port on 127.0.0.1 free right now, for a torchrun rendezvous (--master_port)."""
+
+    def pick() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    return pick
 
 
 @pytest.fixture(scope="session")

@@ -70,7 +70,7 @@ def decode_captions(tokens: torch.Tensor, captions: list[str], tokenizer) -> lis
 def run_epoch(info: DataInfo, captions: list[str], tokenizer) -> list[str]:
     """Iterate a loader once; checks batch shapes and returns the captions in the order they came."""
     seen = []
-    for images, texts in info.dataloader:
+    for images, texts, *_ in info.dataloader:  # validation batches also carry language tags
         assert images.dtype == torch.float32 and texts.dtype == torch.int64
         assert images.shape[1:] == (3, 28, 28) and texts.shape == (images.shape[0], 77)
         seen += decode_captions(texts, captions, tokenizer)

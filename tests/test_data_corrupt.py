@@ -75,7 +75,7 @@ def run_epoch(info: DataInfo, jpegs: dict[str, bytes], tokenizer, preprocess) ->
     """Iterate once; every image must be the good photo its caption names. Returns the captions seen."""
     lookup = {tuple(tokenizer([c])[0].tolist()): c for c in jpegs}
     seen = []
-    for images, texts in info.dataloader:
+    for images, texts, *_ in info.dataloader:  # validation batches also carry language tags
         for image, tokens in zip(images, texts):
             caption = lookup[tuple(tokens.tolist())]  # a KeyError here would mean a bad sample got through
             expected = preprocess(Image.open(io.BytesIO(jpegs[caption])))
@@ -180,5 +180,5 @@ def test_counts_survive_spawned_workers(corrupt_shards, photo_jpegs, tokenizer, 
     loader = torch.utils.data.DataLoader(
         info.dataloader.dataset, batch_size=4, num_workers=2, multiprocessing_context="spawn"
     )
-    assert sum(len(images) for images, _ in loader) == 16
+    assert sum(len(images) for images, *_ in loader) == 16
     assert info.skipped.by_reason() == EXPECTED_SKIPS

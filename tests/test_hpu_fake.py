@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +51,8 @@ def _expected(*, steps: int, log_every: int, lazy: bool, world_size: int = 1) ->
     and before metrics are read (mark_step, then synchronize, then the memory statistics)."""
     flush = ["mark_step"] if lazy else []
     calls = ["import_hccl", "hccl_process_group"] if world_size > 1 else []
-    calls += ["manual_seed", "FusedAdamW", "manual_seed"]  # seeded at start-up and again per epoch
+    # seeded before the model is built (same weights on every rank), after it (per rank) and per epoch
+    calls += ["manual_seed", "manual_seed", "FusedAdamW", "manual_seed"]
     for step in range(1, steps + 1):
         clip = ["FusedClipNorm", "FusedClipNorm.clip_norm"] if step == 1 else ["FusedClipNorm.clip_norm"]
         calls += ["autocast", "backward", *flush, *clip, "FusedAdamW.step", *flush]
@@ -157,17 +157,11 @@ def test_device_directly(tmp_path, hpex):
         assert out["calls"] == ["backward", "memory_stats"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.distributed
-def test_two_processes_use_hccl(tmp_path):
+def test_two_processes_use_hccl(tmp_path, free_port):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), "-m", "training.main", "--", *BASE, "--log-every-n-steps", "1",
+        "--master_port", str(free_port()), "-m", "training.main", "--", *BASE, "--log-every-n-steps", "1",
         "--logs", str(tmp_path), "--name", "ddp",
     ]  # fmt: skip
     result = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,13 +59,7 @@ def global_inputs(seed: int = 1234) -> dict[str, torch.Tensor]:
     return {"image": image, "text": text, "logit_scale": torch.tensor(10.0), "logit_bias": torch.tensor(-3.0)}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch(folder: Path, world_size: int) -> None:
+def launch(folder: Path, world_size: int, *, port: int) -> None:
     """Run the workers under torchrun; fail with their output if they fail or hang."""
     command = [
         sys.executable,
@@ -74,7 +67,7 @@ def launch(folder: Path, world_size: int) -> None:
         "torch.distributed.run",
         f"--nproc_per_node={world_size}",
         "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
+        f"--master_port={port}",
         str(WORKER),
         f"--dir={folder}",
     ]
@@ -92,13 +85,13 @@ def launch(folder: Path, world_size: int) -> None:
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"world{w}")
-def run(request, tmp_path_factory) -> tuple[int, dict, list[dict]]:
+def run(request, tmp_path_factory, free_port) -> tuple[int, dict, list[dict]]:
     """(world size, global inputs, per-rank results) of one torchrun launch."""
     world_size = request.param
     folder = tmp_path_factory.mktemp(f"dist_loss_w{world_size}")
     inputs = global_inputs()
     torch.save(inputs, folder / "inputs.pt")
-    launch(folder, world_size)
+    launch(folder, world_size, port=free_port())
     ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
     return world_size, inputs, ranks
 

@@ -431,3 +431,25 @@ def test_hf_set_language_selects_the_language_token(nllb_dir):
 def test_hf_set_language_on_a_tokenizer_without_languages(ref_hf):
     with pytest.raises(ValueError, match="no source language"):
         HFTokenizer.from_tokenizer(ref_hf.tokenizer).set_language("fra_Latn")
+
+
+@needs_xlmr
+def test_lone_tokenizer_file_never_asks_the_hub(monkeypatch):
+    """With `tokenizer_file`, hub name lookups are off even when the hub is reachable in principle: an offline
+    machine (no HF_HUB_OFFLINE set) would otherwise retry the network for every tokenizer it builds."""
+    import huggingface_hub.constants
+    import transformers.utils.hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(transformers.utils.hub, "is_offline_mode", lambda: False, raising=False)
+    calls = []
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def spy(name, **kwargs):
+        calls.append(kwargs)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spy)
+    tokenizer = HFTokenizer("xlm-roberta-base", tokenizer_file=str(XLMR_FILE), tokenizer_type="xlm-roberta")
+    assert calls[0]["local_files_only"] is True
+    assert tokenizer(["Hello world!"])[0, :5].tolist() == [0, 35378, 8999, 38, 2]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -13,17 +12,11 @@ import torch
 from training.checkpoint import load
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.distributed
-def test_torchrun_two_processes_train_and_checkpoint(tmp_path):
+def test_torchrun_two_processes_train_and_checkpoint(tmp_path, free_port):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), "-m", "training.main", "--",  # "--": torchrun would take --logs
+        "--master_port", str(free_port()), "-m", "training.main", "--",  # "--": torchrun would take --logs
         "--dataset-type", "synthetic", "--train-num-samples", "64", "--batch-size", "8", "--model", "mclip-tiny",
         "--epochs", "1", "--warmup", "1", "--workers", "0", "--precision", "fp32", "--device", "cpu",
         "--local-loss", "--gather-with-grad", "--log-every-n-steps", "1", "--logs", str(tmp_path), "--name", "ddp",

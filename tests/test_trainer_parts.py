@@ -15,11 +15,12 @@ from open_mclip.loss import ClipLoss
 from training.accumulation import accumulated_backward
 from training.config import ScheduleArgs
 from training.devices import available_devices, get_device
-from training.evaluate import retrieval_ranks, zero_shot_sets
+from training.evaluate import retrieval_ranks
 from training.optim import no_decay_names, param_groups
 from training.params import build_parser, parse_args
 from training.precision import Precision
 from training.scheduler import lr_factor
+from training.zero_shot_eval import ZeroShotSet, zero_shot_sets
 
 
 def test_open_clip_command_line_parses_into_groups():
@@ -158,7 +159,7 @@ def test_zero_shot_languages_are_checked(tmp_path):
     names, templates = tmp_path / "names.json", tmp_path / "templates.json"
     names.write_text(json.dumps({"en": ["zero", "one"], "ja": ["ゼロ", "いち"]}))
     templates.write_text(json.dumps({"en": ["a photo of {}"], "ja": ["{}の写真"]}))
-    sets = zero_shot_sets(str(names), str(templates), "ja")
-    assert sets == {"ja": (["ゼロ", "いち"], ["{}の写真"])}
+    sets = zero_shot_sets(str(names), str(templates), "ja", folders=["0", "1"])
+    assert sets == {"ja": ZeroShotSet(["ゼロ", "いち"], ["{}の写真"])}
     with pytest.raises(ValueError, match="--zeroshot-languages xx not found; the files have: en, ja"):
-        zero_shot_sets(str(names), str(templates), "en,xx")
+        zero_shot_sets(str(names), str(templates), "en,xx", folders=["0", "1"])

@@ -339,6 +339,8 @@ class HFTokenizer:
                 f"name_or_path must be a hub name or folder, got {type(name_or_path).__name__}; "
                 "wrap a ready tokenizer object with HFTokenizer.from_tokenizer(tokenizer)"
             )
+        if from_pretrained_kwargs.get("tokenizer_file"):  # a lone tokenizer.json: nothing to fetch from the hub
+            from_pretrained_kwargs.setdefault("local_files_only", True)
         auto_tokenizer = _import_transformers().AutoTokenizer
         tokenizer = auto_tokenizer.from_pretrained(str(name_or_path), **from_pretrained_kwargs)
         self._setup(

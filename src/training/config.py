@@ -103,6 +103,7 @@ class EvalArgs:
     zeroshot_classnames: str | None = None
     zeroshot_templates: str | None = None
     zeroshot_languages: str | None = None
+    imagenet_val: str | None = None
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The trainer's data pipelines: WebDataset shards, CSV/TSV tables, synthetic pairs; one ``get_data`` entry point.
 
-Flag meanings follow open_clip v3.3. Every loader gives ``(images (B, 3, H, W) float32, texts (B, L) int64)``
-batches; a sample that cannot be used is skipped, counted by reason in ``DataInfo.skipped`` and logged.
+Flag meanings follow open_clip v3.3. Training loaders give ``(images (B, 3, H, W) float32, texts (B, L) int64)``
+batches; validation loaders add ``langs``, a sequence of B caption language tags ("" where a caption has none).
+A sample that cannot be used is skipped, counted by reason in ``DataInfo.skipped`` and logged.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class DataConfig:
     csv_separator: str = "\t"  # column separator of CSV/TSV files
     csv_img_key: str = "filepath"  # column with image paths (relative paths start at the CSV's folder)
     csv_caption_key: str = "title"  # column with captions
+    val_lang_key: str = "lang"  # validation: CSV column / shard .json field tagging a caption's language, if present
     batch_size: int = 64  # samples per batch on each rank
     workers: int = 4  # DataLoader worker processes per rank (0: load in the main process)
     seed: int = 0  # seeds shard order, shuffling and resampling (with epoch, rank and worker)
@@ -55,6 +57,8 @@ class DataConfig:
                 _check_int(name, getattr(self, name), minimum=0)
         if not self.csv_separator:
             raise ValueError("csv_separator is empty; use e.g. '\\t' for TSV or ',' for CSV")
+        if not isinstance(self.val_lang_key, str) or not self.val_lang_key.strip():
+            raise ValueError(f"val_lang_key={self.val_lang_key!r} is invalid; name a column/json field, e.g. 'lang'")
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
@@ -117,7 +121,8 @@ def get_data(
             continue
         is_train = split == "train"
         kind = resolve_dataset_type(cfg.train_data if is_train else cfg.val_data, cfg.dataset_type)
-        decoder = SampleDecoder(preprocess=preprocess, tokenizer=tokenizer, skipped=SkipCounter())
+        lang_key = None if is_train else cfg.val_lang_key  # only validation reports metrics per language
+        decoder = SampleDecoder(preprocess=preprocess, tokenizer=tokenizer, skipped=SkipCounter(), lang_key=lang_key)
         data[split] = _BUILDERS[kind](
             cfg, is_train=is_train, decoder=decoder, epoch=epoch, rank=rank, world_size=world_size
         )

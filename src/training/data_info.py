@@ -19,6 +19,7 @@ SKIP_REASONS = (
     "no_caption",  # a sample has no txt entry (nor a json entry with a "caption")
     "empty_caption",  # the caption is empty or only whitespace
     "bad_caption",  # the caption is not UTF-8 text, or its json does not parse
+    "bad_lang",  # validation: a language tag that is not text like "en" or "pt-BR" (or unparsable json)
     "unreadable_shard",  # a shard file could not be opened or read to its end (counts shards, not samples)
 )
 _LOGGED_PER_REASON = 5

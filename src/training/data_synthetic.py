@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .data_info import DataInfo, map_style_data_info
-from .data_samples import Pair, SampleDecoder
+from .data_samples import Sample, SampleDecoder
 
 if TYPE_CHECKING:
     from .data import DataConfig
@@ -37,9 +37,9 @@ class SyntheticDataset(Dataset):
         words = ["".join(rng.choice(_LETTERS, size=rng.integers(2, 9))) for _ in range(rng.integers(3, 12))]
         return Image.fromarray(pixels, "RGB"), "a photo of " + " ".join(words)
 
-    def __getitem__(self, index: int) -> Pair:
+    def __getitem__(self, index: int) -> Sample:
         image, caption = self.raw(index)
-        return self.decoder.preprocess(image), self.decoder.tokenizer([caption])[0]
+        return self.decoder.sample(image, caption)  # validation: untagged
 
 
 def build_synthetic(

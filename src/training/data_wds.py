@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 
 from .data_info import DataInfo, SharedEpoch, SkipCounter
-from .data_samples import Pair, SampleDecoder
+from .data_samples import Sample, SampleDecoder
 
 if TYPE_CHECKING:
     from .data import DataConfig
@@ -209,7 +209,7 @@ class ShardDataset(IterableDataset):
             raise TypeError("the number of samples in these shards is unknown; set val_num_samples")
         return self.rank_samples
 
-    def __iter__(self) -> Iterator[Pair]:
+    def __iter__(self) -> Iterator[Sample]:
         epoch = self.shared_epoch.value
         worker, num_workers = _worker()
         rng = random.Random(f"samples-{self.seed}-{epoch}-{self.rank}-{worker}")
@@ -224,7 +224,7 @@ class ShardDataset(IterableDataset):
             return raw
         return shuffled(raw, rng=rng, bufsize=self.shuffle_buffer)
 
-    def _decoded(self, raw: Iterator[dict[str, Any]], *, where: str) -> Iterator[Pair]:
+    def _decoded(self, raw: Iterator[dict[str, Any]], *, where: str) -> Iterator[Sample]:
         """Decode raw samples, skipping bad ones, until the quota (if any) is met."""
         given = skipped_in_a_row = 0
         for sample in raw:

@@ -1,29 +1,30 @@
-"""Evaluation in the loop: validation loss, image<->text retrieval recall, zero-shot classification per language.
+"""Evaluation in the loop: validation loss and image<->text retrieval recall (zero-shot is in zero_shot_eval.py).
 
 Retrieval ranks are computed in chunks of queries against all candidates, so memory grows linearly with the
-validation set (no N x N matrix). Zero-shot evaluation shards the images over ranks and all-reduces the counts.
+validation set (no N x N matrix). Captions tagged with a language also get recall per language.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
+from collections.abc import Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-
-from open_mclip.transform import load_image
-from open_mclip.zero_shot import build_zero_shot_classifier
-
-from .distributed import World, all_reduce_sum
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+RECALL_AT = (1, 5, 10)
 
 
 def retrieval_ranks(queries: torch.Tensor, candidates: torch.Tensor, *, chunk: int = 1024) -> torch.Tensor:
-    """Rank (0 = first) of candidate i for query i, for normalized (N, dim) features."""
+    """Rank (0 = first) of candidate i for query i, for normalized (N, dim) features.
+
+    A tie counts in the query's favour: the rank is the number of candidates strictly more similar than the
+    true one. Queries go ``chunk`` at a time, so memory is (chunk, N), never (N, N).
+    """
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk={chunk!r} is invalid; use an int >= 1")
+    if queries.shape != candidates.shape:
+        raise ValueError(f"queries {tuple(queries.shape)} and candidates {tuple(candidates.shape)} must be (N, dim)")
     ranks = []
     for start in range(0, len(queries), chunk):
         q = queries[start : start + chunk]  # (chunk, dim)
@@ -33,22 +34,65 @@ def retrieval_ranks(queries: torch.Tensor, candidates: torch.Tensor, *, chunk: i
     return torch.cat(ranks)
 
 
-def recall_metrics(image_features: torch.Tensor, text_features: torch.Tensor) -> dict[str, float]:
+def recall_metrics(image_features: torch.Tensor, text_features: torch.Tensor, *, chunk: int = 1024) -> dict[str, float]:
+    """``image_to_text_R@k`` and ``text_to_image_R@k`` for k in 1, 5, 10: pair i is image i with caption i."""
     out = {}
     for name, (q, c) in {"image_to_text": (image_features, text_features),
                          "text_to_image": (text_features, image_features)}.items():  # fmt: skip
-        ranks = retrieval_ranks(q, c)
-        for k in (1, 5, 10):
+        ranks = retrieval_ranks(q, c, chunk=chunk)
+        for k in RECALL_AT:
             out[f"{name}_R@{k}"] = (ranks < k).float().mean().item()
     return out
 
 
+def language_recall(
+    image_features: torch.Tensor, text_features: torch.Tensor, langs: Sequence[str], *, chunk: int = 1024
+) -> dict[str, float]:
+    """Recall per language tag: ``{lang}_image_to_text_R@k``, ``{lang}_text_to_image_R@k``, ``{lang}_num_samples``.
+
+    For language L both the queries and the candidate pool are the pairs tagged L only, so a German caption
+    is ranked among the images of the German pairs, as on a monolingual benchmark of that size (pools of
+    different sizes are not equally hard: compare a language with itself over time). Untagged pairs ("")
+    count only in the overall metrics.
+    """
+    if len(langs) != len(image_features):
+        raise ValueError(f"{len(langs)} language tags for {len(image_features)} pairs; give one tag per pair")
+    rows: dict[str, list[int]] = {}
+    for i, lang in enumerate(langs):
+        if lang:
+            rows.setdefault(lang, []).append(i)
+    out: dict[str, float] = {}
+    for lang, index in sorted(rows.items()):
+        pool = torch.tensor(index)  # (pairs of this language,)
+        metrics = recall_metrics(image_features[pool], text_features[pool], chunk=chunk)
+        out.update({f"{lang}_{key}": value for key, value in metrics.items()})
+        out[f"{lang}_num_samples"] = len(index)
+    return out
+
+
+def retrieval_table(metrics: dict) -> str:
+    """A plain-text table of recall in percent: the whole set ("all"), then one row per language tag."""
+    langs = [key[: -len("_num_samples")] for key in metrics if key.endswith("_num_samples")]
+    width = max([8, *(len(lang) for lang in langs)])
+    columns = {f"{short} R@{k}": f"{name}_R@{k}" for short, name in (("i->t", "image_to_text"),
+               ("t->i", "text_to_image")) for k in RECALL_AT}  # fmt: skip
+    header = f"{'language':<{width}} | pairs | " + " | ".join(columns)
+    rows = [header, "-" * len(header)]
+    for lang, prefix in [("all", ""), *((lang, f"{lang}_") for lang in langs)]:
+        recall = " | ".join(f"{100 * metrics[prefix + key]:{len(title)}.1f}" for title, key in columns.items())
+        rows.append(f"{lang:<{width}} | {metrics[f'{prefix}num_samples']:5d} | {recall}")
+    return "\n".join(rows)
+
+
 @torch.no_grad()
 def validate(model, dataloader, loss_fn, *, device, autocast) -> dict[str, float]:
-    """Mean contrastive loss over validation batches and retrieval recall over the whole set."""
+    """Mean contrastive loss over validation batches and retrieval recall over the whole set, plus recall per
+    language (see ``language_recall``) when the loader's batches carry language tags, ``(images, texts, langs)``.
+    """
     model.eval()
-    images_out, texts_out, loss_sum, batches = [], [], 0.0, 0
-    for images, texts in dataloader:
+    images_out, texts_out, langs, loss_sum, batches = [], [], [], 0.0, 0
+    for images, texts, *tags in dataloader:
+        langs += tags[0] if tags else [""] * len(images)
         images, texts = images.to(device.torch_device), texts.to(device.torch_device)
         with autocast():
             image_features, text_features, scale, *bias = model(images, texts)
@@ -60,91 +104,7 @@ def validate(model, dataloader, loss_fn, *, device, autocast) -> dict[str, float
     if not batches:
         return {}
     metrics = {"val_loss": loss_sum / batches, "num_samples": sum(len(x) for x in images_out)}
-    metrics.update(recall_metrics(torch.cat(images_out), torch.cat(texts_out)))
+    image_features, text_features = torch.cat(images_out), torch.cat(texts_out)  # (N, dim) each, float32 on CPU
+    metrics.update(recall_metrics(image_features, text_features))
+    metrics.update(language_recall(image_features, text_features, langs))
     return metrics
-
-
-class ImageFolder(Dataset):
-    """`root/<class>/<image>` without torchvision: classes sorted by folder name."""
-
-    def __init__(self, root: str | Path, transform, *, rank: int = 0, world_size: int = 1):
-        root = Path(root)
-        if not root.is_dir():
-            raise ValueError(f"zero-shot data folder {root} does not exist")
-        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-        samples = [
-            (path, label)
-            for label, name in enumerate(self.classes)
-            for path in sorted((root / name).iterdir())
-            if path.suffix.lower() in IMAGE_SUFFIXES
-        ]
-        self.samples = samples[rank::world_size]  # each rank evaluates its own shard
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        return self.transform(load_image(path)), label
-
-
-def _by_language(path: str, what: str) -> dict[str, list[str]]:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(data, list):
-        return {"default": data}
-    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-        raise ValueError(f"{path}: {what} must be a JSON list or an object of lists per language")
-    return data
-
-
-def zero_shot_sets(classnames_file: str, templates_file: str, languages: str | None) -> dict[str, tuple]:
-    """{language: (classnames, templates)} for the requested languages (all that both files have by default)."""
-    classnames, templates = _by_language(classnames_file, "class names"), _by_language(templates_file, "templates")
-    if "default" in templates and len(templates) == 1:
-        templates = {lang: templates["default"] for lang in classnames}
-    available = [lang for lang in classnames if lang in templates]
-    wanted = languages.split(",") if languages else available
-    unknown = [lang for lang in wanted if lang not in available]
-    if unknown:
-        raise ValueError(f"--zeroshot-languages {','.join(unknown)} not found; the files have: {', '.join(available)}")
-    return {lang: (classnames[lang], templates[lang]) for lang in wanted}
-
-
-@torch.no_grad()
-def zero_shot(model, cfg, *, tokenizer, preprocess, device, autocast, world: World, workers: int = 2) -> dict:
-    """Top-1/top-5 accuracy per language on an ImageFolder, every rank on its shard, counts all-reduced."""
-    sets = zero_shot_sets(cfg.zeroshot_classnames, cfg.zeroshot_templates, cfg.zeroshot_languages)
-    dataset = ImageFolder(cfg.zeroshot_data, preprocess, rank=world.rank, world_size=world.world_size)
-    for lang, (names, _) in sets.items():
-        if len(names) != len(dataset.classes):
-            raise ValueError(
-                f"{cfg.zeroshot_classnames} [{lang}] has {len(names)} class names but {cfg.zeroshot_data} has "
-                f"{len(dataset.classes)} class folders ({', '.join(dataset.classes[:10])}...)"
-            )
-    model.eval()
-    with autocast():
-        classifiers = {
-            lang: build_zero_shot_classifier(model, tokenizer, names, templates, device=device.torch_device)
-            for lang, (names, templates) in sets.items()
-        }
-    counts = torch.zeros(len(sets), 2, dtype=torch.float64)  # (languages, [top1, top5])
-    total = torch.zeros(1, dtype=torch.float64)
-    loader = DataLoader(dataset, batch_size=256, num_workers=workers)
-    for images, labels in loader:
-        with autocast():
-            features = model.encode_image(images.to(device.torch_device), normalize=True).float()
-        labels = labels.to(features.device)
-        for i, classifier in enumerate(classifiers.values()):
-            top5 = (features @ classifier).topk(min(5, classifier.shape[1]), dim=1).indices  # (batch, 5)
-            hits = top5 == labels[:, None]
-            counts[i, 0] += hits[:, 0].sum().item()
-            counts[i, 1] += hits.any(dim=1).sum().item()
-        total += len(labels)
-    all_reduce_sum(counts, world), all_reduce_sum(total, world)
-    out = {}
-    for i, lang in enumerate(sets):
-        out[f"{lang}_top1"] = (counts[i, 0] / total).item()
-        out[f"{lang}_top5"] = (counts[i, 1] / total).item()
-    out["num_images"] = int(total.item())
-    return out

@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .data import get_data
 from .devices import Device, get_device
 from .distributed import World, barrier, broadcast_object, init_distributed, shutdown_distributed, world_from_env
-from .evaluate import validate, zero_shot
+from .evaluate import retrieval_table, validate
 from .logger import MetricsLogger, setup_logging, write_params
 from .optim import create_optimizer
 from .params import parse_args
@@ -30,6 +30,7 @@ from .precision import Precision
 from .scheduler import Scheduler
 from .stepper import Stepper
 from .train import LoopState, train_one_epoch
+from .zero_shot_eval import zero_shot, zero_shot_plan
 
 log = logging.getLogger("training")
 
@@ -101,24 +102,28 @@ def _evaluate(model, cfg: TrainConfig, data, loss_fn, ctx: LoopContext, world: W
         results["val"] = validate(
             model, data["val"].dataloader, loss_fn_single(cfg), device=ctx.device, autocast=ctx.autocast
         )
-    if cfg.eval.zeroshot_data and (final or epoch % max(cfg.eval.zeroshot_frequency, 1) == 0):
-        results["zeroshot"] = zero_shot(
+    zero_shot_due = final or epoch % max(cfg.eval.zeroshot_frequency, 1) == 0
+    if (cfg.eval.zeroshot_data or cfg.eval.imagenet_val) and zero_shot_due:
+        results.update(zero_shot(  # "zeroshot" (--zeroshot-data) and "imagenet" (--imagenet-val)
             model, cfg.eval, tokenizer=tokenizer, preprocess=preprocess, device=ctx.device,
             autocast=ctx.autocast, world=world, workers=cfg.data.workers,
-        )  # fmt: skip
+        ))  # fmt: skip
     for split, metrics in results.items():
         ctx.logger.log(split, metrics, step=epoch, epoch=epoch)
-    if "zeroshot" in results and world.is_master:
-        log.info("zero-shot accuracy after epoch %d:\n%s", epoch, zero_shot_table(results["zeroshot"]))
+    for key in ("zeroshot", "imagenet"):
+        if key in results and world.is_master:
+            log.info("zero-shot accuracy (%s) after epoch %d:\n%s", key, epoch, zero_shot_table(results[key]))
+    if any(key.endswith("_num_samples") for key in results.get("val", {})):  # captions tagged with languages
+        log.info("retrieval recall per language after epoch %d:\n%s", epoch, retrieval_table(results["val"]))
     return results
 
 
 def zero_shot_table(metrics: dict) -> str:
-    """A plain-text table: one row per language with top-1 and top-5 accuracy in percent."""
+    """A plain-text table: one row per language with top-1 and top-5 accuracy in percent and the images scored."""
     languages = [key[: -len("_top1")] for key in metrics if key.endswith("_top1")]
-    rows = ["language | top-1 | top-5", "---------|-------|------"]
-    rows += [f"{lang:<8} | {100 * metrics[f'{lang}_top1']:5.1f} | {100 * metrics[f'{lang}_top5']:5.1f}"
-             for lang in languages]  # fmt: skip
+    rows = ["language | top-1 | top-5 | images", "---------|-------|-------|-------"]
+    rows += [f"{lang:<8} | {100 * metrics[f'{lang}_top1']:5.1f} | {100 * metrics[f'{lang}_top5']:5.1f} | "
+             f"{metrics.get(f'{lang}_num_images', metrics.get('num_images', ''))}" for lang in languages]  # fmt: skip
     return "\n".join(rows)
 
 
@@ -129,6 +134,7 @@ def loss_fn_single(cfg: TrainConfig):
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
+    zero_shot_plan(cfg.eval)  # bad zero-shot folders, class names or languages fail now, not after an epoch
     world = world_from_env()
     device = get_device(cfg.system.device)
     device.setup(world.local_rank)
@@ -138,10 +144,11 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("rank %d of %d on %s (%s)", world.rank, world.world_size, device, device.dist_backend)
     if world.is_master:
         write_params(run_dir / "params.txt", cfg)
-    device.seed(cfg.system.seed + world.rank)
     precision = Precision.parse(cfg.system.precision)
 
+    device.seed(cfg.system.seed)  # every rank initialises the same weights (an eval-only run has no DDP broadcast)
     model, preprocess_train, preprocess_val = _build_model(cfg, device)
+    device.seed(cfg.system.seed + world.rank)
     tokenizer = open_mclip.get_tokenizer(cfg.model.model, context_length=model.context_length)
     data = get_data(cfg.data, preprocess_train=preprocess_train, preprocess_val=preprocess_val, tokenizer=tokenizer,
                     rank=world.rank, world_size=world.world_size)  # fmt: skip

@@ -16,6 +16,8 @@ from .precision import PRECISION_CHOICES
 HELP = {
     "train_data": "training data: CSV/TSV file, or WebDataset shards with brace expansion; join sources with '::'",
     "val_data": "validation data (same formats as --train-data)",
+    "val_lang_key": "CSV column, or field of each shard sample's .json, tagging a validation caption's language "
+    "(e.g. 'en'): recall is then also reported per language; untagged captions count in the overall figures only",
     "train_data_upsampling_factors": "sampling weight per '::' source of --train-data, e.g. '1::2'",
     "train_num_samples": "samples per epoch (required for WebDataset without sizes.json, and for resampling)",
     "dataset_type": "auto picks from the file name",
@@ -38,9 +40,11 @@ HELP = {
     "resume": "checkpoint file to resume from, or 'latest' for the newest complete one of this run",
     "report_to": "'tensorboard' to also write TensorBoard scalars",
     "zeroshot_data": "ImageFolder-layout directory for zero-shot classification",
-    "zeroshot_classnames": "JSON of class names, a list or {language: list}",
+    "zeroshot_classnames": "JSON of class names: a list in folder order, {folder: name}, or either per language",
     "zeroshot_templates": "JSON of prompt templates with '{}' for the class name, a list or {language: list}",
-    "zeroshot_languages": "comma-separated languages to evaluate (default: all in the files)",
+    "zeroshot_languages": "comma-separated languages to evaluate (default: all in the files; en for --imagenet-val)",
+    "imagenet_val": "ImageNet-1k validation set in ImageFolder layout (1000 wnid folders), zero-shot with the "
+    "shipped class names: en, ar, zh, it, ja on all classes, Babel-ImageNet languages on their class subset",
     "plot": "write a PNG of the loss and accuracy curves to the run folder at the end",
 }
 CHOICES = {
@@ -72,7 +76,6 @@ UNSUPPORTED = {
     "pretrained-image": "timm ImageNet weights cannot be downloaded by the trainer; pass a --pretrained checkpoint",
     "force-custom-text": "open_mclip has one CLIP class for every text tower: drop this flag",
     "log-local": "every rank logs to the console; only rank 0 writes out.log",
-    "imagenet-val": "ImageNet zero-shot arrives with multilingual evaluation: use --zeroshot-data with class names",
 }
 
 

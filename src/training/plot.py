@@ -17,10 +17,11 @@ def plot_curves(metrics_file: Path, out: Path) -> None:
     train = [r for r in rows if r["split"] == "train"]
     accuracy = defaultdict(list)  # metric -> [(epoch, value)]
     for r in rows:
-        if r["split"] == "zeroshot":
+        if r["split"] in ("zeroshot", "imagenet"):
+            prefix = "imagenet " if r["split"] == "imagenet" else ""
             for key, value in r.items():
                 if key.endswith("_top1"):
-                    accuracy[key[: -len("_top1")]].append((r["epoch"], value))
+                    accuracy[prefix + key[: -len("_top1")]].append((r["epoch"], value))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     left.plot([r["step"] for r in train], [r["loss"] for r in train])
     left.set(xlabel="optimizer step", ylabel="contrastive loss", title="training loss")
