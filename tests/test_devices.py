@@ -144,3 +144,26 @@ def test_real_gaudi_training_run(tmp_path, lazy):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "on HpuDevice(hpu, " in result.stdout
     _check_run(tmp_path / "gaudi")
+
+
+def test_accelerator_generators_travel_in_checkpoints(monkeypatch):
+    """CUDA's generator state is saved with the CPU's and restored on resume (dropout on the GPU draws from it);
+    a checkpoint from another device type restores the CPU state and leaves the accelerator's alone."""
+    from training.checkpoint import rng_state, set_rng_state
+
+    generator = {"state": torch.arange(8, dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: generator["state"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device=None: generator.update(state=state.clone()))
+    device = CudaDevice()  # built, not set up: nothing here touches CUDA but the patched generator calls
+    torch.manual_seed(1)
+    saved = rng_state(device)
+    expected_cpu_draw = torch.rand(3)
+    generator["state"] = torch.zeros(8, dtype=torch.uint8)
+    set_rng_state(saved, device)
+    assert torch.equal(generator["state"], torch.arange(8, dtype=torch.uint8))
+    assert torch.equal(torch.rand(3), expected_cpu_draw)
+
+    from_cpu = rng_state(get_device("cpu"))
+    assert from_cpu["device"] == {}
+    set_rng_state(from_cpu, device)  # a CPU checkpoint resumed on a GPU: nothing to restore there
+    assert torch.equal(generator["state"], torch.arange(8, dtype=torch.uint8))

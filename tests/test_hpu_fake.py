@@ -96,6 +96,8 @@ def test_lazy_run_logs_metrics_and_its_checkpoint_loads_on_cpu(lazy_run):
 
     saved = load(tmp_path / "run" / "checkpoints" / "epoch_1.pt")
     assert saved["scaler"] is None  # no GradScaler on HPU
+    last_seed = [c["seed"] for c in _calls(tmp_path) if c["call"] == "manual_seed"][-1]
+    assert torch.equal(saved["rng"]["device"]["hpu"], torch.full((4,), last_seed))  # the HPU generator is saved too
     assert saved["step"] == 4 and saved["config"]["system"]["device"] == "hpu"
     model = open_mclip.create_model("mclip-tiny")
     initial = {k: v.clone() for k, v in model.state_dict().items()}

@@ -24,23 +24,26 @@ _STEP_FILE = re.compile(r"^(epoch|step)_(\d+)\.pt$")
 LATEST = "epoch_latest.pt"
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy and torch RNG states as tensors/ints (weights_only-loadable)."""
+def rng_state(device=None) -> dict[str, Any]:
+    """Python, NumPy, torch CPU and the device's generator states as tensors/ints (weights_only-loadable)."""
     version, state, gauss = random.getstate()
     np_state = np.random.get_state()
     return {
         "python": [version, list(state), gauss],
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "torch": torch.get_rng_state(),
+        "device": to_cpu(device.rng_state()) if device is not None else {},
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device=None) -> None:
     version, values, gauss = state["python"]
     random.setstate((version, tuple(values), gauss))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
+    if device is not None:
+        device.set_rng_state(state.get("device", {}))
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -63,7 +66,8 @@ def to_cpu(value: Any) -> Any:
     return value
 
 
-def build_state(*, model, optimizer, scaler, epoch: int, step: int, epoch_step: int, config) -> dict[str, Any]:
+def build_state(*, model, optimizer, scaler, epoch: int, step: int, epoch_step: int, config,
+                device=None) -> dict[str, Any]:  # fmt: skip
     return {
         "state_dict": to_cpu(unwrap(model).state_dict()),
         "optimizer": to_cpu(optimizer.state_dict()),
@@ -72,7 +76,7 @@ def build_state(*, model, optimizer, scaler, epoch: int, step: int, epoch_step: 
         "step": step,  # optimizer steps completed
         "epoch_step": epoch_step,  # batches of `epoch` already consumed (0 at an epoch boundary)
         "config": _plain(dataclasses.asdict(config)),
-        "rng": rng_state(),
+        "rng": rng_state(device),
     }
 
 

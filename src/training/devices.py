@@ -77,6 +77,13 @@ class Device:
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
 
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """The accelerator's generator states for a checkpoint (the CPU's are saved by checkpoint.rng_state)."""
+        return {}
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what `rng_state` saved; a checkpoint from another device type has nothing to restore here."""
+
     @property
     def pin_memory(self) -> bool:
         return False
@@ -118,6 +125,13 @@ class CudaDevice(Device):
     def seed(self, seed: int) -> None:
         super().seed(seed)
         torch.cuda.manual_seed_all(seed)
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        return {"cuda": torch.cuda.get_rng_state(self.torch_device)}
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        if "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.torch_device)
 
     @property
     def pin_memory(self) -> bool:
@@ -218,6 +232,15 @@ class HpuDevice(Device):
         seed_hpu = getattr(self._loaded(self._hpu), "manual_seed_all", None)  # the HPU generator, where offered
         if seed_hpu is not None:
             seed_hpu(seed)
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        get_state = getattr(self._loaded(self._hpu), "get_rng_state", None)
+        return {"hpu": get_state()} if get_state is not None else {}
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        set_state = getattr(self._loaded(self._hpu), "set_rng_state", None)
+        if "hpu" in state and set_state is not None:
+            set_state(state["hpu"])
 
     def __repr__(self) -> str:
         return f"HpuDevice({self.torch_device}, {'lazy' if self.lazy else 'eager'} mode)"

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def make_state():
         return ckpt.build_state(model=model, optimizer=optimizer, scaler=scaler, epoch=state.epoch, step=state.step,
-                                epoch_step=state.epoch_step, config=cfg)  # fmt: skip
+                                epoch_step=state.epoch_step, config=cfg, device=device)  # fmt: skip
 
     results = {}
     while state.epoch < cfg.schedule.epochs:

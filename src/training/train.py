@@ -47,7 +47,7 @@ def train_one_epoch(model, loader, loss_fn, stepper, scheduler, *, ctx, state: L
     for index, (images, texts) in enumerate(loader):
         if index < skip:  # fast-forward over batches a resumed checkpoint already trained on
             if index == skip - 1 and state.resume_rng is not None:
-                set_rng_state(state.resume_rng)  # before the next fetch: it may draw augmentation randomness
+                set_rng_state(state.resume_rng, device)  # before the next fetch (augmentation randomness)
                 state.resume_rng = None
             tick = window_start = time.perf_counter()
             continue

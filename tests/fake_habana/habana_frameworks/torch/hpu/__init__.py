@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from habana_frameworks.fake_log import record
 
 # the fake's own hook: HpuDevice places "HPU" tensors on this torch device type (the real bridge uses "hpu")
@@ -31,8 +33,20 @@ def memory_stats(device=None) -> dict[str, int]:
     return {"Limit": 8 * 2**30, "InUse": 2**29, "MaxInUse": MAX_IN_USE_BYTES, "NumAllocs": 0, "NumFrees": 0}
 
 
+_GENERATOR = {"state": torch.zeros(4, dtype=torch.int64)}  # the fake HPU generator: its state is the last seed
+
+
 def manual_seed(seed: int) -> None:
     record("manual_seed", seed=int(seed))
+    _GENERATOR["state"] = torch.full((4,), int(seed), dtype=torch.int64)
+
+
+def get_rng_state() -> torch.Tensor:
+    return _GENERATOR["state"].clone()
+
+
+def set_rng_state(state: torch.Tensor) -> None:
+    _GENERATOR["state"] = state.clone()
 
 
 def manual_seed_all(seed: int) -> None:
