@@ -1,4 +1,5 @@
-"""Image preprocessing with Pillow and torch only: configs, mode conversion, train and eval transforms.
+"""Image preprocessing with Pillow and torch only: configs, eval resizing and cropping, and the train and eval
+transforms (image basics are in image_ops.py, training augmentations in augment.py).
 
 The eval transform reproduces open_clip 3.3.0's ``image_transform_v2`` output for RGB images (same resize
 rounding, crop offsets, padding, tensor conversion and normalisation) without importing torchvision.
@@ -7,16 +8,22 @@ rounding, crop offsets, padding, tensor conversion and normalisation) without im
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image
+
+from .augment import DEFAULT_RATIO, ColorJitter, RandomGrayscale, RandomResizedCrop
+from .image_ops import INTERPOLATIONS, ToRGB, load_image, resize_image, to_rgb, to_tensor
+
+__all__ = [
+    "AugmentationConfig", "PreprocessConfig", "ImageTransform", "image_transform", "load_image", "to_rgb",
+    "to_tensor", "ToRGB", "RandomResizedCrop", "ColorJitter", "RandomGrayscale", "OPENAI_DATASET_MEAN",
+    "OPENAI_DATASET_STD", "IMAGENET_MEAN", "IMAGENET_STD", "INCEPTION_MEAN", "INCEPTION_STD",
+]  # fmt: skip
 
 # The same numbers as open_clip's constants.py.
 OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -26,14 +33,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
-_INTERPOLATIONS = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-}
 _RESIZE_MODES = ("shortest", "longest", "squash")
-_DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-_WHITE = (255, 255, 255)
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -90,8 +90,8 @@ class PreprocessConfig:
         set_(self, "std", _channel_values(self.std, name="std", positive=True))
         if self.mode != "RGB":
             raise ValueError(f"mode={self.mode!r} is not supported; only 'RGB' is")
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation={self.interpolation!r} is invalid; choose one of {list(_INTERPOLATIONS)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation={self.interpolation!r} is invalid; choose one of {list(INTERPOLATIONS)}")
         if self.resize_mode not in _RESIZE_MODES:
             raise ValueError(f"resize_mode={self.resize_mode!r} is invalid; choose one of {list(_RESIZE_MODES)}")
         fill = self.fill_color
@@ -177,104 +177,7 @@ def _jitter_strengths(color_jitter: Any) -> tuple[float, float, float, float]:
     return tuple(float(v) for v in values)  # type: ignore[return-value]
 
 
-# ------------------------------------------------------------------------------------ images and modes
-
-
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image file, so that a broken file fails here and names itself."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise  # a missing or unreadable path is not a decoding problem
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot decode image {os.fspath(path)}: {err}") from err
-    return image
-
-
-def _scale_to_uint8(values: np.ndarray, *, full_scale: float | None) -> np.ndarray:
-    """Map values to 0..255; ``full_scale`` is the value meaning white, or None to stretch min..max."""
-    values = values.astype(np.float64)
-    if full_scale is None:
-        low, high = float(values.min()), float(values.max())
-        values = (values - low) * (255.0 / (high - low) if high > low else 0.0)
-    else:
-        values = values * (255.0 / full_scale)
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-
-
-def _high_depth_to_l(image: Image.Image) -> Image.Image:
-    """Rescale 16/32-bit integer or float greyscale to 8 bits instead of clipping like ``convert`` does.
-
-    ``I;16*`` is always read as 0..65535. ``I`` and ``F`` use the smallest usual range that holds the data:
-    0..1 (``F`` only), 0..255, 0..65535 (``I`` only), else the image's own min..max. A ``transparency``
-    entry on such an image is ignored.
-    """
-    values = np.asarray(image)
-    if image.mode.startswith("I;16"):
-        return Image.fromarray(_scale_to_uint8(values, full_scale=65535.0), "L")
-    low, high = float(values.min()), float(values.max())
-    ranges = (1.0, 255.0) if image.mode == "F" else (255.0, 65535.0)
-    full_scale = next((r for r in ranges if low >= 0.0 and high <= r), None)
-    return Image.fromarray(_scale_to_uint8(values, full_scale=full_scale), "L")
-
-
-def _has_alpha(image: Image.Image) -> bool:
-    return image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
-
-
-def _composite(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Flatten an image with transparency onto an opaque ``background`` colour."""
-    if image.mode == "La":  # premultiplied grey: colour already carries the alpha factor
-        grey, alpha = np.moveaxis(np.asarray(image, dtype=np.float64), -1, 0)
-        rgb = grey[..., None] + np.asarray(background, dtype=np.float64) * (1.0 - alpha[..., None] / 255.0)
-        return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB")
-    rgba = image.convert("RGBA")
-    canvas = Image.new("RGBA", rgba.size, (*background, 255))
-    return Image.alpha_composite(canvas, rgba).convert("RGB")
-
-
-def to_rgb(image: Image.Image, *, background: tuple[int, int, int] = _WHITE) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB; transparency is flattened onto ``background`` (white by default).
-
-    open_clip calls ``convert("RGB")``, which drops alpha (whatever colour hides under transparent pixels shows)
-    and clips 16-bit greyscale at 255 (photos come out white); both differ here on purpose. Opaque images
-    convert exactly as ``convert("RGB")`` does.
-    """
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"expected a PIL.Image.Image, got {type(image).__name__}; convert with PIL.Image.fromarray")
-    if image.mode == "RGB" and "transparency" not in image.info:
-        return image
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        return _high_depth_to_l(image).convert("RGB")
-    if _has_alpha(image):
-        return _composite(image, background)
-    return image.convert("RGB")
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """An 8-bit image as a float32 (channels, height, width) tensor in [0, 1], as torchvision's ToTensor."""
-    assert image.mode in ("RGB", "L"), image.mode
-    array = np.array(image, dtype=np.uint8, copy=True)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
-
-
 # ------------------------------------------------------------------------------------------ the steps
-
-
-class ToRGB:
-    """Step: convert to RGB first (before resizing), so palette and 16-bit images resample correctly."""
-
-    def __init__(self, *, background: tuple[int, int, int] = _WHITE) -> None:
-        self.background = background
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        return to_rgb(image, background=self.background)
-
-    def __repr__(self) -> str:
-        return f"ToRGB(background={self.background})"
 
 
 class ResizeShortestSide:
@@ -289,7 +192,7 @@ class ResizeShortestSide:
         short, long = min(width, height), max(width, height)
         new_long = int(self.size * long / short)
         new_size = (self.size, new_long) if width <= height else (new_long, self.size)
-        return _resize(image, new_size, self.interpolation)
+        return resize_image(image, new_size, self.interpolation)
 
     def __repr__(self) -> str:
         return f"ResizeShortestSide(size={self.size}, interpolation={self.interpolation})"
@@ -308,7 +211,7 @@ class ResizeKeepRatio:
         ratio_h, ratio_w = height / self.size[0], width / self.size[1]
         ratio = max(ratio_h, ratio_w) if self.longest else min(ratio_h, ratio_w)
         # Python's round (half to even), as open_clip's ResizeKeepRatio
-        return _resize(image, (round(width / ratio), round(height / ratio)), self.interpolation)
+        return resize_image(image, (round(width / ratio), round(height / ratio)), self.interpolation)
 
     def __repr__(self) -> str:
         return f"ResizeKeepRatio(size={self.size}, longest={self.longest}, interpolation={self.interpolation})"
@@ -322,16 +225,10 @@ class Resize:
         self.interpolation = interpolation
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        return _resize(image, (self.size[1], self.size[0]), self.interpolation)
+        return resize_image(image, (self.size[1], self.size[0]), self.interpolation)
 
     def __repr__(self) -> str:
         return f"Resize(size={self.size}, interpolation={self.interpolation})"
-
-
-def _resize(image: Image.Image, width_height: tuple[int, int], interpolation: str) -> Image.Image:
-    if image.size == width_height:
-        return image
-    return image.resize(width_height, _INTERPOLATIONS[interpolation])
 
 
 class CenterCropOrPad:
@@ -358,133 +255,6 @@ class CenterCropOrPad:
 
     def __repr__(self) -> str:
         return f"CenterCropOrPad(size={self.size}, fill={self.fill})"
-
-
-class RandomResizedCrop:
-    """Step: crop a random box of area fraction in ``scale`` and aspect in ``ratio``, resize to (height, width).
-
-    Boxes are drawn with torchvision's algorithm and the global torch RNG, so ``torch.manual_seed`` reproduces
-    them (and the same seed gives the same boxes as torchvision).
-    """
-
-    def __init__(
-        self, size: tuple[int, int], *, scale: tuple[float, float], ratio: tuple[float, float], interpolation: str
-    ) -> None:
-        self.size = size
-        self.scale = scale
-        self.ratio = ratio
-        self.interpolation = interpolation
-
-    def sample_box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """A random (top, left, box_height, box_width); the central crop when 10 draws all miss."""
-        area = height * width
-        log_ratio = torch.log(torch.tensor(self.ratio))  # float32, as torchvision
-        for _ in range(10):
-            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1]).item()
-            aspect = torch.exp(torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]))).item()
-            box_w = int(round(math.sqrt(target_area * aspect)))
-            box_h = int(round(math.sqrt(target_area / aspect)))
-            if 0 < box_w <= width and 0 < box_h <= height:
-                top = int(torch.randint(0, height - box_h + 1, size=(1,)).item())
-                left = int(torch.randint(0, width - box_w + 1, size=(1,)).item())
-                return top, left, box_h, box_w
-        return _central_box(width, height, self.ratio)
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        top, left, box_h, box_w = self.sample_box(*image.size)
-        image = image.crop((left, top, left + box_w, top + box_h))
-        return _resize(image, (self.size[1], self.size[0]), self.interpolation)
-
-    def __repr__(self) -> str:
-        return (
-            f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
-            f"interpolation={self.interpolation})"
-        )
-
-
-def _central_box(width: int, height: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
-    """The largest central box whose aspect ratio is clamped into ``ratio``."""
-    aspect = width / height
-    box_w, box_h = width, height
-    if aspect < min(ratio):
-        box_h = int(round(width / min(ratio)))
-    elif aspect > max(ratio):
-        box_w = int(round(height * max(ratio)))
-    return (height - box_h) // 2, (width - box_w) // 2, box_h, box_w
-
-
-def _draw(p: float) -> bool:
-    """True with probability ``p``; draws from the torch RNG only when the outcome is uncertain."""
-    return p >= 1.0 or (p > 0.0 and torch.rand(1).item() < p)
-
-
-class ColorJitter:
-    """Step: with probability ``p``, adjust brightness, contrast, saturation and hue in a random order.
-
-    Factors and order are drawn as torchvision's ColorJitter draws them from the torch RNG.
-    """
-
-    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, *, p: float) -> None:
-        self.strengths = (brightness, contrast, saturation, hue)
-        self.p = p
-
-    def _factors(self) -> list[float | None]:
-        factors: list[float | None] = []
-        for index, strength in enumerate(self.strengths):
-            if strength == 0:
-                factors.append(None)  # torchvision draws nothing for a disabled adjustment
-                continue
-            low, high = (-strength, strength) if index == 3 else (max(1.0 - strength, 0.0), 1.0 + strength)
-            factors.append(float(torch.empty(1).uniform_(low, high)))
-        return factors
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        if not _draw(self.p):
-            return image
-        order = torch.randperm(4).tolist()
-        factors = self._factors()
-        adjust = (_adjust_brightness, _adjust_contrast, _adjust_saturation, _adjust_hue)
-        for index in order:
-            if factors[index] is not None:
-                image = adjust[index](image, factors[index])
-        return image
-
-    def __repr__(self) -> str:
-        b, c, s, h = self.strengths
-        return f"ColorJitter(brightness={b}, contrast={c}, saturation={s}, hue={h}, p={self.p})"
-
-
-def _adjust_brightness(image: Image.Image, factor: float) -> Image.Image:
-    return ImageEnhance.Brightness(image).enhance(factor)
-
-
-def _adjust_contrast(image: Image.Image, factor: float) -> Image.Image:
-    return ImageEnhance.Contrast(image).enhance(factor)
-
-
-def _adjust_saturation(image: Image.Image, factor: float) -> Image.Image:
-    return ImageEnhance.Color(image).enhance(factor)
-
-
-def _adjust_hue(image: Image.Image, factor: float) -> Image.Image:
-    """Rotate the hue by ``factor`` of a turn, wrapping in 8 bits as torchvision does."""
-    hue, saturation, value = image.convert("HSV").split()
-    shift = int(factor * 255) % 256
-    rotated = ((np.asarray(hue, dtype=np.uint16) + shift) % 256).astype(np.uint8)
-    return Image.merge("HSV", (Image.fromarray(rotated, "L"), saturation, value)).convert(image.mode)
-
-
-class RandomGrayscale:
-    """Step: with probability ``p``, replace the image by its luma in all 3 channels."""
-
-    def __init__(self, *, p: float) -> None:
-        self.p = p
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        return image.convert("L").convert("RGB") if _draw(self.p) else image
-
-    def __repr__(self) -> str:
-        return f"RandomGrayscale(p={self.p})"
 
 
 # ------------------------------------------------------------------------------------- the transform
@@ -545,7 +315,7 @@ def _train_steps(cfg: PreprocessConfig, aug: AugmentationConfig) -> list[Callabl
             f"color_jitter={aug.color_jitter!r} is set but color_jitter_prob is not; set color_jitter_prob "
             "(e.g. 0.8) to apply it, or remove color_jitter"
         )
-    ratio = aug.ratio or _DEFAULT_RATIO
+    ratio = aug.ratio or DEFAULT_RATIO
     steps: list[Callable[[Image.Image], Image.Image]] = [
         RandomResizedCrop(cfg.image_size, scale=aug.scale, ratio=ratio, interpolation="bicubic")
     ]
