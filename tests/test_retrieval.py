@@ -15,7 +15,6 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from open_mclip.tokenizer import ClipTokenizer
 from open_mclip.transform import PreprocessConfig, image_transform
 from training.data import DataConfig, get_data
 from training.devices import get_device
@@ -114,11 +113,6 @@ def digits(mnist) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(clip_tokenizer) -> ClipTokenizer:
-    return clip_tokenizer
-
-
-@pytest.fixture(scope="module")
 def preprocess():
     return image_transform(PreprocessConfig(size=28), is_train=False)
 
@@ -150,7 +144,8 @@ class PixelModel(torch.nn.Module):
         return normalize(image_features, dim=1), normalize(text_features, dim=1), torch.tensor(10.0)
 
 
-def test_webdataset_language_tags_reach_validate(tmp_path, digits, tokenizer, preprocess):
+def test_webdataset_language_tags_reach_validate(tmp_path, digits, clip_tokenizer, preprocess):
+    tokenizer = clip_tokenizer
     images, labels = digits
     captions = [f"digit {labels[i]} number {i}" for i in range(44)]
     shard = tmp_path / "val-000000.tar"
@@ -227,7 +222,8 @@ def test_csv_val_set_reports_recall_per_language_through_training_main(tmp_path,
     assert f"{100 * saved['fr_text_to_image_R@5']:.1f}" in table[5]
 
 
-def test_csv_language_column_bad_tags_and_training_batches(tmp_path, digits, tokenizer, preprocess):
+def test_csv_language_column_bad_tags_and_training_batches(tmp_path, digits, clip_tokenizer, preprocess):
+    tokenizer = clip_tokenizer
     langs = ["en", "de", "en US", "fr", " pt-BR ", "", "de", "42"]  # "en US": a space; "42": digits are allowed
     csv = _digit_csv(tmp_path, digits, langs, lang_column="language")
     cfg = DataConfig(val_data=str(csv), train_data=str(csv), val_lang_key="language", batch_size=4, workers=0)
