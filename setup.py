@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
 
@@ -34,7 +34,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     package_dir={"": "src"},
-    packages=find_packages("src"),
+    packages=find_namespace_packages("src", include=["open_mclip*", "training*"]),
     package_data={
         "open_mclip": [
             "bpe_simple_vocab_16e6.txt.gz", "NOTICE_bpe_vocab.md", "model_configs/*.json", "pretrained.json",
