@@ -105,4 +105,4 @@ def test_random_xlmr_tower_learns_from_captions_in_three_scripts(tmp_path):
     key = "text.transformer.embeddings.word_embeddings.weight"
     rows_changed = (trained[key] != _initial(model)[key]).any(dim=1).nonzero().flatten().tolist()
     assert set(rows_changed) == used
-    assert any(i > 200_000 for i in used) or len(used) > 50  # a real multilingual vocabulary, not byte ids
+    assert max(used) >= 49408  # ids beyond CLIP's whole vocabulary: XLM-R's, not CLIP BPE's

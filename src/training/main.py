@@ -47,6 +47,7 @@ class LoopContext:
     world_size: int
     logger: MetricsLogger
     skipped: Callable[[], int]  # samples skipped so far (bad images, missing captions)
+    zero_shot_plan: dict  # {result key: (folder, sets)}, read once at start-up (zero_shot_eval.zero_shot_plan)
 
     def autocast(self):
         return self.device.autocast(self.precision)
@@ -103,9 +104,9 @@ def _evaluate(model, cfg: TrainConfig, data, loss_fn, ctx: LoopContext, world: W
             model, data["val"].dataloader, loss_fn_single(cfg), device=ctx.device, autocast=ctx.autocast
         )
     zero_shot_due = final or epoch % max(cfg.eval.zeroshot_frequency, 1) == 0
-    if (cfg.eval.zeroshot_data or cfg.eval.imagenet_val) and zero_shot_due:
+    if ctx.zero_shot_plan and zero_shot_due:
         results.update(zero_shot(  # "zeroshot" (--zeroshot-data) and "imagenet" (--imagenet-val)
-            model, cfg.eval, tokenizer=tokenizer, preprocess=preprocess, device=ctx.device,
+            model, ctx.zero_shot_plan, tokenizer=tokenizer, preprocess=preprocess, device=ctx.device,
             autocast=ctx.autocast, world=world, workers=cfg.data.workers,
         ))  # fmt: skip
     for split, metrics in results.items():
@@ -134,7 +135,7 @@ def loss_fn_single(cfg: TrainConfig):
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
-    zero_shot_plan(cfg.eval)  # bad zero-shot folders, class names or languages fail now, not after an epoch
+    plan = zero_shot_plan(cfg.eval)  # bad zero-shot folders, class names or languages fail now, not after an epoch
     world = world_from_env()
     device = get_device(cfg.system.device)
     device.setup(world.local_rank)
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         device=device, precision=precision, accum_freq=cfg.optim.accum_freq, log_every=cfg.logging.log_every_n_steps,
         batches_per_epoch=data["train"].num_batches if "train" in data else 0, world_size=world.world_size,
         logger=logger, skipped=(lambda: skipped.total) if skipped is not None else (lambda: 0),
+        zero_shot_plan=plan,
     )  # fmt: skip
     loss_fn = create_loss(
         "siglip" if cfg.loss.siglip else "clip", rank=world.rank, world_size=world.world_size,

@@ -238,11 +238,11 @@ def _metrics(sets: dict[str, ZeroShotSet], counts: torch.Tensor, total: int) -> 
     return out
 
 
-def zero_shot(model, cfg: EvalArgs, *, tokenizer, preprocess, device, autocast, world: World,
-              workers: int = 2) -> dict[str, dict]:  # fmt: skip
-    """Results per configured evaluation set ("zeroshot", "imagenet"), each rank on its shard of the images."""
+def zero_shot(model, plan: dict[str, tuple[str, dict[str, ZeroShotSet]]], *, tokenizer, preprocess, device,
+              autocast, world: World, workers: int = 2) -> dict[str, dict]:  # fmt: skip
+    """Results per evaluation set of `plan` (from `zero_shot_plan`), each rank on its shard of the images."""
     results = {}
-    for key, (root, sets) in zero_shot_plan(cfg).items():
+    for key, (root, sets) in plan.items():
         dataset = ImageFolder(root, preprocess, rank=world.rank, world_size=world.world_size)
         results[key] = evaluate_sets(model, dataset, sets, tokenizer=tokenizer, device=device, autocast=autocast,
                                      world=world, workers=workers)  # fmt: skip
