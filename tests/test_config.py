@@ -38,6 +38,8 @@ def _shrink_text(text) -> dict:
         family = text.model_type or _HF_FAMILY[text.model_name]
         kwargs = {"vocab_size": 50000, **_HF_TINY[family]}
         return {"model_name": "", "model_type": family, "pretrained": False, "model_kwargs": kwargs}
+    if getattr(text, "proj_type", "linear") == "none":  # no projection: the width is the embedding size
+        return {"heads": 2, "layers": 2}
     return {"width": 32, "heads": 2, "layers": 2}
 
 
@@ -62,8 +64,19 @@ def test_required_architectures_ship():
     assert set(SHIPPED) <= set(list_models())
 
 
+@pytest.fixture
+def shallow_timm(monkeypatch):
+    """timm ViT trunks (SigLIP's) at 2 blocks: the shipped configs build at their real width in seconds."""
+    import timm
+
+    create = timm.create_model
+    monkeypatch.setattr(
+        timm, "create_model", lambda name, **kw: create(name, **({"depth": 2} if name.startswith("vit_") else {}), **kw)
+    )
+
+
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_config_builds_runs_and_trains(name):
+def test_shipped_config_builds_runs_and_trains(name, shallow_timm):
     cfg = get_model_config(name)
     assert ModelConfig.from_dict(cfg.to_dict(), source=name) == cfg  # to_dict round-trips
     if not isinstance(cfg.vision, TimmConfig):
@@ -77,10 +90,18 @@ def test_shipped_config_builds_runs_and_trains(name):
     size = model.visual.image_size
     images = torch.randn(2, 3, *size)
     text = torch.randint(1, 1000, (2, cfg.text.context_length))
-    text[:, 5] = 49407  # EOT
-    image_features, text_features, scale = model(images, text)
+    text_cfg = cfg.text
+    # the pooled token: CLIP's EOT (its highest id), or the tower's own end token for `eos` pooling
+    text[:, 5] = (
+        text_cfg.eos_id
+        if getattr(text_cfg, "pool_type", "") == "eos"
+        else min(49407, getattr(text_cfg, "vocab_size", 49408) - 1)
+    )
+    out = model(images, text)
+    image_features, text_features, scale = out[:3]
+    bias = out[3] if len(out) == 4 else 0  # SigLIP models return a logit bias too
     assert image_features.shape == text_features.shape == (2, cfg.embed_dim)
-    loss = (image_features @ text_features.T * scale).logsumexp(dim=1).mean()
+    loss = (image_features @ text_features.T * scale + bias).logsumexp(dim=1).mean()
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert no_grad == [], f"parameters without gradient: {no_grad[:10]}"
@@ -152,3 +173,20 @@ def test_open_clip_config_folder_loads_or_names_the_unsupported_key(tmp_path):
 def test_replace_rejects_fields_the_tower_lacks():
     with pytest.raises(ValueError, match="patch_size"):
         get_model_config("RN50").replace(vision={"patch_size": 16})
+
+
+def test_timm_proj_null_or_empty_is_the_trunk_classifier_and_none_passes_features_through(shallow_timm):
+    """open_clip's `timm_proj`: null or "" make the trunk's classifier the projection; "none" keeps the trunk's
+    pooled features as they are (SigLIP), so the embedding size is the trunk's width."""
+    text = {"context_length": 8, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1}
+    base = {"timm_model_name": "vit_tiny_patch16_224", "image_size": 224, "timm_pool": "avg"}
+    null = ModelConfig.from_dict({"embed_dim": 16, "vision_cfg": {**base, "timm_proj": None}, "text_cfg": text})
+    assert null.vision.proj == ""
+    trunk = CLIP(null).visual.trunk
+    assert trunk.head.out_features == 16
+    passthrough = ModelConfig.from_dict(
+        {"embed_dim": 192, "vision_cfg": {**base, "timm_proj": "none"}, "text_cfg": text}
+    )
+    tower = CLIP(passthrough).visual
+    assert isinstance(tower.trunk.head, torch.nn.Identity)
+    assert tower(torch.randn(1, 3, 224, 224)).shape == (1, 192)  # the trunk width of vit_tiny

@@ -165,3 +165,22 @@ def test_library_runs_with_torchvision_and_timm_blocked():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize(
+    "model", ["ViT-B-16-SigLIP", "ViT-SO400M-16-SigLIP-i18n-256", "ViT-H-14-CLIPA", "ViT-H-14-worldwide"]
+)
+def test_tokenizer_of_siglip_clipa_and_metaclip2_is_open_clips(model, monkeypatch):
+    """These towers use Hugging Face tokenizers (hub downloads): ours asks for the same one, with the same context
+    length and options, as open_clip's config says."""
+    asked = {}
+
+    def record(name, **kwargs):
+        asked.update(name=name, **kwargs)
+        return "tokenizer"
+
+    monkeypatch.setattr(open_mclip.factory, "HFTokenizer", record)
+    assert open_mclip.get_tokenizer(model) == "tokenizer"
+    text_cfg = open_clip.get_model_config(model)["text_cfg"]
+    expected = {"name": text_cfg["hf_tokenizer_name"], "context_length": text_cfg["context_length"]}
+    assert asked == {**expected, "cache_dir": None, **text_cfg.get("tokenizer_kwargs", {})}

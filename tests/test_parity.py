@@ -15,7 +15,10 @@ from open_mclip.convert import load_state_dict_strict
 from open_mclip.transform import PreprocessConfig, image_transform
 
 CAPTIONS = ["a photo of a cat", "ein Foto von einem Hund 🐶", "猫の写真", "صورة قطة على الأريكة"]
-SMALL = ["ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-B-16-quickgelu", "RN50", "RN50-quickgelu", "RN101"]
+SMALL = [
+    "ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-B-16-quickgelu", "RN50", "RN50-quickgelu", "RN101",
+    "ViT-B-32-256", "ViT-S-16-alt",
+]  # fmt: skip
 LARGE = [
     "ViT-B-16-plus-240", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "RN101-quickgelu", "RN50x4", "RN50x4-quickgelu",
     "RN50x16", "RN50x64",
@@ -25,26 +28,65 @@ LARGE = [
 CUT_DEPTH = [
     "ViT-g-14", "ViT-bigG-14", "ViT-bigG-14-quickgelu", "ViT-e-14", "ViT-L-14-quickgelu", "ViT-L-14-336-quickgelu",
     "ViT-H-14-quickgelu", "RN50x16-quickgelu", "RN50x64-quickgelu",
+    "ViT-B-16-plus", "ViT-B-32-plus-256", "ViT-L-14-280", "ViT-L-16", "ViT-L-16-320", "ViT-H-16", "ViT-H-14-378",
+    "ViT-H-14-378-quickgelu", "ViT-M-16-alt", "ViT-S-32-alt", "ViT-M-32-alt",
+    "ViT-L-14-CLIPA", "ViT-L-14-CLIPA-336", "ViT-H-14-CLIPA-336", "ViT-bigG-14-CLIPA", "ViT-bigG-14-CLIPA-336",
+    "ViT-L-14-worldwide-quickgelu", "ViT-H-14-worldwide", "ViT-H-14-worldwide-quickgelu", "ViT-H-14-worldwide-378",
+    "ViT-bigG-14-worldwide", "ViT-bigG-14-worldwide-378",
+]  # fmt: skip
+# one of each family that came with CLIPA, MetaCLIP 2 (worldwide) and SigLIP: their own vocabularies, `eos` and `last`
+# pooling, bidirectional text, average image pooling, timm trunks with attention pooling, logit bias
+NEW_FAMILIES = ["ViT-H-14-CLIPA", "ViT-L-14-worldwide", "ViT-B-16-SigLIP", "ViT-SO400M-16-SigLIP-i18n-256"]
+SIGLIP_CUT = [
+    "ViT-B-16-SigLIP-256", "ViT-B-16-SigLIP-384", "ViT-B-16-SigLIP-512", "ViT-B-16-SigLIP-i18n-256",
+    "ViT-L-16-SigLIP-256", "ViT-L-16-SigLIP-384", "ViT-SO400M-14-SigLIP", "ViT-SO400M-14-SigLIP-378",
+    "ViT-SO400M-14-SigLIP-384",
 ]  # fmt: skip
 
 
-def _inputs(photos, image_size) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(photos, image_size, text_cfg: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two real photos, and two texts: CLIP BPE captions for CLIP's vocabulary, else random ids of the tower's own
+    vocabulary with its end token (the pooled position for `eos` pooling) and padding after it."""
     transform = image_transform(PreprocessConfig(size=image_size), is_train=False)
     images = torch.stack([transform(p) for p in photos[:2]])
-    return images, open_clip.tokenize(CAPTIONS[:2])
+    text_cfg = text_cfg or {}
+    vocab, length = text_cfg.get("vocab_size", 49408), text_cfg.get("context_length", 77)
+    if vocab == 49408:
+        return images, open_clip.tokenize(CAPTIONS[:2], context_length=length)
+    text = torch.randint(3, vocab, (2, length), generator=torch.Generator().manual_seed(0))
+    text[0, 9], text[1, 5] = text_cfg.get("eos_id", 2), text_cfg.get("eos_id", 2)
+    text[0, 10:], text[1, 6:] = text_cfg.get("pad_id", 0), text_cfg.get("pad_id", 0)
+    return images, text
+
+
+@pytest.fixture
+def shallow_timm(monkeypatch):
+    """timm ViT trunks at 2 blocks (their real width) for both libraries: the giants' parity at a small cost."""
+    import timm
+
+    create = timm.create_model
+
+    def create_shallow(name, **kwargs):
+        return create(name, **({"depth": 2} if name.startswith("vit_") else {}), **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create_shallow)
 
 
 def _compare(ref: torch.nn.Module, ours: CLIP, images: torch.Tensor, text: torch.Tensor) -> None:
     ref.eval(), ours.eval()
     with torch.no_grad():
-        ref_img, ref_txt, ref_scale = ref(images, text)
-        our_img, our_txt, our_scale = ours(images, text)
+        ref_out, our_out = ref(images, text), ours(images, text)
+        ref_img, ref_txt, ref_scale = ref_out[:3]
+        our_img, our_txt, our_scale = our_out[:3]
         ref_logits, _ = ref.get_logits(images, text)
         our_logits, _ = ours.get_logits(images, text)
     torch.testing.assert_close(our_img, ref_img, atol=1e-5, rtol=0)
     torch.testing.assert_close(our_txt, ref_txt, atol=1e-5, rtol=0)
     torch.testing.assert_close(our_logits, ref_logits, atol=1e-5, rtol=0)
     assert torch.equal(our_scale, ref_scale)
+    assert len(our_out) == len(ref_out)  # a logit bias (SigLIP) on both sides or on neither
+    if len(ref_out) == 4:
+        assert torch.equal(our_out[3], ref_out[3])
     # the comparison must be able to fail: features of different inputs differ by far more than the tolerance
     assert (our_img[0] - our_img[1]).abs().max() > 1e-3
 
@@ -53,17 +95,22 @@ def _check_arch(name: str, photos, *, depth: int | None = None) -> None:
     oc_cfg = open_clip.get_model_config(name)
     assert ModelConfig.from_dict(oc_cfg, source=name) == get_model_config(name), "shipped config differs"
     if depth is not None:
-        vision_layers = oc_cfg["vision_cfg"]["layers"]  # a ResNet counts layers per stage
-        oc_cfg["vision_cfg"]["layers"] = [1, 1, 1, 1] if isinstance(vision_layers, (list, tuple)) else depth
+        vision_layers = oc_cfg["vision_cfg"].get("layers")  # a ResNet counts layers per stage; timm has none here
+        if vision_layers is not None:
+            oc_cfg["vision_cfg"]["layers"] = [1, 1, 1, 1] if isinstance(vision_layers, (list, tuple)) else depth
         oc_cfg["text_cfg"]["layers"] = depth
+    custom_text = oc_cfg.get("custom_text", False)
     oc_kwargs = {k: v for k, v in copy.deepcopy(oc_cfg).items() if k != "custom_text"}
-    ref = open_clip.model.CLIP(**oc_kwargs)
+    ref = (open_clip.model.CustomTextCLIP if custom_text else open_clip.model.CLIP)(**oc_kwargs)
+    for module in ref.modules():  # LayerScale gammas start at 1e-4, which leaves a random model's output blind to
+        if hasattr(module, "gamma"):  # its input: open them so different photos give different features
+            module.gamma.data.uniform_(0.5, 1.5)
     cfg = ModelConfig.from_dict(oc_cfg, source=name)
     with torch.device("meta"):
         ours = CLIP(cfg)
     load_state_dict_strict(ours, from_open_clip(ref.state_dict()), source=f"open_clip {name}", assign=True)
-    _compare(ref, ours, *_inputs(photos, ref.visual.image_size))
-    exported = to_open_clip(ours.state_dict())
+    _compare(ref, ours, *_inputs(photos, ref.visual.image_size, oc_cfg["text_cfg"]))
+    exported = to_open_clip(ours.state_dict(), layout="custom_text" if custom_text else "clip")
     ref.load_state_dict(exported, strict=True)
 
 
@@ -81,6 +128,17 @@ def test_parity_large(name, photos):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CUT_DEPTH)
 def test_parity_real_width_cut_depth(name, photos):
+    _check_arch(name, photos, depth=2)
+
+
+@pytest.mark.parametrize("name", NEW_FAMILIES)
+def test_parity_new_families_cut_depth(name, photos, shallow_timm):
+    _check_arch(name, photos, depth=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SIGLIP_CUT)
+def test_parity_siglip_cut_depth(name, photos, shallow_timm):
     _check_arch(name, photos, depth=2)
 
 

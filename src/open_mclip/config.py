@@ -119,7 +119,7 @@ class TimmConfig(TowerConfig):
     image_size: int | tuple[int, int] = 224
     pretrained: bool = False
     pool: str = "avg"  # avg | token | abs_attn | rot_attn | "" (trunk default)
-    proj: str = "linear"  # linear | mlp | none
+    proj: str = "linear"  # linear | mlp | "" (the trunk's classifier, sized embed_dim) | none (trunk features as is)
     proj_bias: bool = False
     drop: float = 0.0
     drop_path: float | None = None
@@ -128,6 +128,8 @@ class TimmConfig(TowerConfig):
     def validate(self, source: str) -> None:
         if not self.model_name:
             raise ValueError(f"{source}: a timm tower needs model_name (e.g. 'convnext_base')")
+        if self.proj is None:  # open_clip's configs write null for "the trunk's classifier"
+            self.proj = ""
         _check_choice(source, "proj", self.proj, ("linear", "mlp", "none", ""))
 
 

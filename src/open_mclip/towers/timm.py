@@ -39,12 +39,13 @@ class TimmTower(Tower):
         if cfg.patch_dropout > 0:
             kwargs["patch_drop_rate"] = cfg.patch_dropout
         attn_pool = cfg.pool in ("abs_attn", "rot_attn")
-        proj = cfg.proj if cfg.proj else "none"
+        proj = cfg.proj
         head = OrderedDict()
-        if proj == "none" and not attn_pool:
-            # the trunk's own classifier becomes the projection
+        if proj in ("", "none") and not attn_pool:
+            # "": the trunk's own classifier becomes the projection; "none": the trunk's pooled features pass through
+            classes = 0 if proj == "none" else embed_dim
             self.trunk = timm.create_model(
-                cfg.model_name, num_classes=embed_dim, global_pool=cfg.pool, pretrained=cfg.pretrained, **kwargs
+                cfg.model_name, num_classes=classes, global_pool=cfg.pool, pretrained=cfg.pretrained, **kwargs
             )
         else:
             self.trunk = timm.create_model(cfg.model_name, pretrained=cfg.pretrained, **kwargs)
