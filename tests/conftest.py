@@ -117,3 +117,17 @@ def clip_tokenizer():
     from open_mclip.tokenizer import ClipTokenizer
 
     return ClipTokenizer()
+
+
+@pytest.fixture
+def shallow_timm(monkeypatch):
+    """timm ViT trunks (SigLIP's) at 2 blocks and their real width, for open_clip and for us: the large timm-based
+    architectures build and run in seconds."""
+    import timm
+
+    create = timm.create_model
+
+    def create_shallow(name, **kwargs):
+        return create(name, **({"depth": 2} if name.startswith("vit_") else {}), **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create_shallow)

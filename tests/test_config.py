@@ -64,17 +64,6 @@ def test_required_architectures_ship():
     assert set(SHIPPED) <= set(list_models())
 
 
-@pytest.fixture
-def shallow_timm(monkeypatch):
-    """timm ViT trunks (SigLIP's) at 2 blocks: the shipped configs build at their real width in seconds."""
-    import timm
-
-    create = timm.create_model
-    monkeypatch.setattr(
-        timm, "create_model", lambda name, **kw: create(name, **({"depth": 2} if name.startswith("vit_") else {}), **kw)
-    )
-
-
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_config_builds_runs_and_trains(name, shallow_timm):
     cfg = get_model_config(name)

@@ -59,19 +59,6 @@ def _inputs(photos, image_size, text_cfg: dict | None = None) -> tuple[torch.Ten
     return images, text
 
 
-@pytest.fixture
-def shallow_timm(monkeypatch):
-    """timm ViT trunks at 2 blocks (their real width) for both libraries: the giants' parity at a small cost."""
-    import timm
-
-    create = timm.create_model
-
-    def create_shallow(name, **kwargs):
-        return create(name, **({"depth": 2} if name.startswith("vit_") else {}), **kwargs)
-
-    monkeypatch.setattr(timm, "create_model", create_shallow)
-
-
 def _compare(ref: torch.nn.Module, ours: CLIP, images: torch.Tensor, text: torch.Tensor) -> None:
     ref.eval(), ours.eval()
     with torch.no_grad():
