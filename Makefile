@@ -38,6 +38,7 @@ test-fast:
 # side-by-side speed and memory against open_clip (needs install-test): docs/benchmarks.md
 bench:
 	$(BIN)/python -m bench.run --suite cpu --out bench/results/latest.json
+	$(BIN)/python -m bench.trainers --out bench/results/latest-trainers.json
 
 lint:
 	$(BIN)/ruff check src tests scripts bench

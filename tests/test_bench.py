@@ -4,6 +4,7 @@ what the timings say, and the memory probe measures what a call really allocates
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -142,3 +143,24 @@ def test_run_writes_results_and_machine(tmp_path):
 def test_run_rejects_a_filter_that_matches_nothing():
     with pytest.raises(SystemExit):
         main(["--only", "no such case", "--no-memory"])
+
+
+def test_trainers_run_the_same_command_line_and_log_every_step(tmp_path):
+    """open_clip's trainer and ours take one command line (CSV of real JPEGs) and both log each step's rate."""
+    from bench.trainers import main as trainers_main
+
+    out = tmp_path / "trainers.json"
+    result = trainers_main(["--batch-size", "4", "--steps", "3", "--skip", "1", "--rounds", "1", "--out", str(out)])
+    for side in SIDES:
+        assert len(result["runs"][side]) == 1 and len(result["runs"][side][0]) == 3
+        assert all(rate > 0 for rate in result["runs"][side][0])
+        assert result[side]["per_s"] == pytest.approx(statistics.median(result["runs"][side][0][1:]))
+    assert result["speed_ratio"] == pytest.approx(result[OURS]["per_s"] / result[REFERENCE]["per_s"])
+    assert json.loads(out.read_text())["result"]["speed_ratio"] == pytest.approx(result["speed_ratio"])
+
+
+def test_trainers_refuse_to_skip_every_step():
+    from bench.trainers import main as trainers_main
+
+    with pytest.raises(SystemExit):
+        trainers_main(["--steps", "3", "--skip", "3"])
