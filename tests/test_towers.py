@@ -136,7 +136,18 @@ def test_layer_norm_matches_open_clip_under_autocast_and_with_16_bit_weights(dty
             norm.bias.copy_(0.1 * torch.randn(96, generator=torch.Generator().manual_seed(2)))
     with torch.autocast("cpu", dtype=dtype):
         got, expected = ours(x), ref(x)
+        # and without copies: no cast of the input to float32 and back in the autograd graph (the speed of it)
+        graph, nodes = [], [ours(x.clone().requires_grad_()).grad_fn]
+        while nodes:
+            node = nodes.pop()
+            graph.append(type(node).__name__)
+            nodes += [child for child, _ in node.next_functions if child is not None]
     assert got.dtype == dtype and torch.equal(got, expected)
+    assert "ToCopyBackward0" not in graph and "NativeLayerNormBackward0" in graph
+    # 16-bit input without autocast: computed in float32, which every backend accepts (no mixed-dtype kernel)
+    mixed = ours(x)
+    assert mixed.dtype == dtype and torch.equal(mixed, torch.nn.functional.layer_norm(
+        x.float(), (96,), ours.weight, ours.bias, ours.eps).to(dtype))  # fmt: skip
     ours.to(dtype)
     expected = torch.nn.functional.layer_norm(x.float(), (96,), ours.weight.float(), ours.bias.float(), ours.eps).to(
         dtype

@@ -15,14 +15,16 @@ from torch.utils.checkpoint import checkpoint
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm whose output has the input's dtype. With 16-bit weights (the pure_* precisions) it runs in float32,
-    as open_clip's LayerNormFp32; otherwise the native kernel, which accumulates 16-bit input in float32 itself, takes
-    the input as it is (under autocast about 3x faster than casting to float32 first, and equal to open_clip's)."""
+    """LayerNorm whose output has the input's dtype. With float32 weights, on float32 input or under autocast, it is
+    the native kernel, which accumulates 16-bit input in float32 itself (under autocast about 3x faster than casting
+    to float32 first, and equal to open_clip's LayerNorm). Otherwise (16-bit weights in the pure_* precisions, or
+    mixed dtypes outside autocast) it computes in float32, as open_clip's LayerNormFp32."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight is None or self.weight.dtype not in (torch.float16, torch.bfloat16):
+        fp32_weights = self.weight is None or self.weight.dtype == torch.float32
+        if fp32_weights and (x.dtype == torch.float32 or torch.is_autocast_enabled(x.device.type)):
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
-        weight = self.weight.float()
+        weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
