@@ -242,7 +242,7 @@ def tokenize(
     return {side: functools.partial(built[side], texts) for side in sides}
 
 
-def _photos(count: int) -> list:
+def real_photos(count: int) -> list:
     """Real photos (scikit-image, scikit-learn), repeated to `count`."""
     from PIL import Image
     from skimage import data
@@ -261,7 +261,7 @@ def preprocess(
 
     from open_mclip.transform import PreprocessConfig, image_transform
 
-    photos = _photos(count)
+    photos = real_photos(count)
     built = {
         REFERENCE: open_clip_transform.image_transform_v2(open_clip_transform.PreprocessCfg(size=size), is_train=train),
         OURS: image_transform(PreprocessConfig(size=size), is_train=train),

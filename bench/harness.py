@@ -11,6 +11,7 @@ import importlib
 import multiprocessing
 import os
 import platform
+import queue as queue_module
 import statistics
 import time
 from collections.abc import Callable
@@ -112,22 +113,34 @@ def _memory_child(case: Case, side: str, device: str, queue: multiprocessing.Que
         queue.put(f"{type(error).__name__}: {error}")
 
 
+_MMAP_THRESHOLD = "MALLOC_MMAP_THRESHOLD_"
+
+
 def peak_memory(case: Case, side: str, *, device: str) -> int:
     """Extra peak memory of one steady-state call of `side`, measured alone in a fresh process."""
-    # glibc keeps freed blocks below its (self-raising) mmap threshold resident; a fixed threshold hands large
-    # blocks back to the system on free, so the resident size follows what is really in use
-    saved = {name: os.environ.get(name) for name in ("MALLOC_MMAP_THRESHOLD_",)}
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_memory_child, args=(case, side, device, queue))
+    # glibc keeps freed blocks below its (self-raising) mmap threshold resident; a fixed threshold hands large
+    # blocks back to the system on free, so the resident size follows what is really in use. Only the child needs it.
+    previous = os.environ.get(_MMAP_THRESHOLD)
+    os.environ[_MMAP_THRESHOLD] = str(1 << 20)
     try:
         child.start()
-        result = queue.get()
-        child.join()
     finally:
-        for name, value in saved.items():
-            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+        if previous is None:
+            del os.environ[_MMAP_THRESHOLD]
+        else:
+            os.environ[_MMAP_THRESHOLD] = previous
+    while True:  # a child killed outright (out of memory, a crash) reports nothing: notice it instead of waiting
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not child.is_alive():
+                message = f"{case.name}: measuring {side}'s memory: the process died ({child.exitcode})"
+                raise RuntimeError(message) from None
+    child.join()
     if isinstance(result, str):
         raise RuntimeError(f"{case.name}: measuring {side}'s memory failed: {result}")
     return result

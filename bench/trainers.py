@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.cases import CAPTIONS, _photos
+from bench.cases import CAPTIONS, real_photos
 from bench.harness import OURS, REFERENCE, SIDES, machine
 
 MODULES = {REFERENCE: "open_clip_train.main", OURS: "training.main"}
@@ -31,7 +31,7 @@ def write_csv(folder: Path, rows: int) -> Path:
     """A tab-separated file of `rows` (JPEG path, caption) pairs over the real photos, saved at their own size."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for index, photo in enumerate(_photos(8)):
+    for index, photo in enumerate(real_photos(8)):
         path = folder / f"photo{index}.jpg"
         photo.save(path, quality=90)
         paths.append(path)

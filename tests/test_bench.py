@@ -164,3 +164,15 @@ def test_trainers_refuse_to_skip_every_step():
 
     with pytest.raises(SystemExit):
         trainers_main(["--steps", "3", "--skip", "3"])
+
+
+def die(*, sides: tuple[str, ...]) -> dict:
+    """A builder whose call kills its process outright, as the kernel's out-of-memory killer would."""
+    import os
+
+    return {side: lambda: os._exit(9) for side in sides}
+
+
+def test_a_child_that_dies_outright_is_reported():
+    with pytest.raises(RuntimeError, match=r"the process died \(9\)"):
+        peak_memory(Case("die", "test_bench:die"), OURS, device="cpu")
