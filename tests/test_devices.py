@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from open_mclip.precision import Precision
 from training.devices import DEVICES, CudaDevice, Device, HpuDevice, MpsDevice, available_devices, get_device
 from training.main import main
-from training.precision import Precision
 from training.stepper import Stepper
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -12,13 +12,13 @@ import torch
 
 import open_mclip
 from open_mclip.loss import ClipLoss
+from open_mclip.precision import Precision
 from training.accumulation import accumulated_backward
 from training.config import ScheduleArgs
 from training.devices import available_devices, get_device
 from training.evaluate import retrieval_ranks
 from training.optim import no_decay_names, param_groups
 from training.params import build_parser, parse_args
-from training.precision import Precision
 from training.scheduler import lr_factor
 from training.zero_shot_eval import ZeroShotSet, zero_shot_sets
 

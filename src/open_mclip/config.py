@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .constants import DEFAULT_CONTEXT_LENGTH, INIT_LOGIT_SCALE
+
 ACTIVATIONS = ("gelu", "quick_gelu")
 
 
@@ -139,7 +141,7 @@ class TextTransformerConfig(TowerConfig):
 
     type: ClassVar[str] = "transformer"
     always_written = ("context_length", "vocab_size", "width", "heads", "layers")
-    context_length: int = 77
+    context_length: int = DEFAULT_CONTEXT_LENGTH
     vocab_size: int = 49408
     width: int = 512
     heads: int = 8
@@ -199,7 +201,7 @@ class HFTextConfig(TowerConfig):
     proj_layers: int = 1
     proj_bias: bool = False
     proj_dropout: float = 0.0
-    context_length: int = 77
+    context_length: int = DEFAULT_CONTEXT_LENGTH
     tokenizer: str = ""  # a Hugging Face tokenizer name or folder; empty: model_name
     tokenizer_kwargs: dict = field(default_factory=dict)
     model_kwargs: dict = field(default_factory=dict)  # overrides for the Hugging Face model config
@@ -263,7 +265,7 @@ class ModelConfig:
     embed_dim: int
     vision: TowerConfig
     text: TowerConfig
-    init_logit_scale: float = math.log(1 / 0.07)
+    init_logit_scale: float = INIT_LOGIT_SCALE
     init_logit_bias: float | None = None
     preprocess: dict = field(default_factory=dict)  # PreprocessConfig overrides (mean, std, resize_mode, ...)
 
@@ -286,7 +288,7 @@ class ModelConfig:
             embed_dim=int(data["embed_dim"]),
             vision=tower_from_dict(data["vision"], kinds=VISION_TYPES, source=f"{source} [vision]"),
             text=tower_from_dict(data["text"], kinds=TEXT_TYPES, source=f"{source} [text]"),
-            init_logit_scale=float(data.get("init_logit_scale", math.log(1 / 0.07))),
+            init_logit_scale=float(data.get("init_logit_scale", INIT_LOGIT_SCALE)),
             init_logit_bias=data.get("init_logit_bias"),
             preprocess=dict(data.get("preprocess", {})),
         )
@@ -305,7 +307,7 @@ class ModelConfig:
             "vision": self.vision.to_dict(),
             "text": self.text.to_dict(),
         }
-        if not math.isclose(self.init_logit_scale, math.log(1 / 0.07)):
+        if not math.isclose(self.init_logit_scale, INIT_LOGIT_SCALE):
             out["init_logit_scale"] = self.init_logit_scale
         if self.init_logit_bias is not None:
             out["init_logit_bias"] = self.init_logit_bias

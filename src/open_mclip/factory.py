@@ -16,8 +16,10 @@ from typing import Any
 import torch
 
 from .config import HFTextConfig, ModelConfig, TimmConfig
+from .constants import HF_HUB_PREFIX, LOCAL_DIR_PREFIX
 from .convert import load_checkpoint
 from .model import CLIP
+from .precision import Precision
 from .pretrained import resolve_hf_hub, resolve_pretrained
 from .registry import get_model_config
 from .tokenizer import ClipTokenizer, HFTokenizer
@@ -25,9 +27,6 @@ from .transform import AugmentationConfig, PreprocessConfig, image_transform
 
 log = logging.getLogger(__name__)
 
-HF_HUB_PREFIX = "hf-hub:"
-LOCAL_DIR_PREFIX = "local-dir:"
-PRECISIONS = ("fp32", "amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16")
 # weight files looked for in a local-dir folder, most preferred first
 _LOCAL_WEIGHTS = (
     "open_clip_model.safetensors",
@@ -103,24 +102,6 @@ def _apply_overrides(
     return cfg.replace(vision=vision, text=text)
 
 
-def set_precision(model: torch.nn.Module, precision: str) -> None:
-    """Cast weights for a precision mode: `bf16`/`fp16` keep LayerNorms in fp32, `pure_*` cast everything."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
-    dtype = {"bf16": torch.bfloat16, "pure_bf16": torch.bfloat16, "fp16": torch.float16, "pure_fp16": torch.float16}
-    if precision not in dtype:
-        return
-    if precision.startswith("pure_"):
-        model.to(dtype[precision])
-        return
-    for module in model.modules():
-        if isinstance(module, torch.nn.LayerNorm):
-            continue
-        for name, param in module.named_parameters(recurse=False):
-            if name not in ("logit_scale", "logit_bias"):
-                param.data = param.data.to(dtype[precision])
-
-
 def create_model(
     model_name: str,
     pretrained: str | None = None,
@@ -138,6 +119,7 @@ def create_model(
     require_pretrained: bool = False,
 ) -> CLIP:
     """Build a CLIP model by name, load its weights if any, and attach its `preprocess_cfg`."""
+    mode = Precision.parse(precision)
     resolved = _resolve(model_name, pretrained, cache_dir=cache_dir)
     if resolved.quick_gelu and not force_quick_gelu:
         log.info("pretrained weights %r were trained with QuickGELU; using it", pretrained)
@@ -158,7 +140,7 @@ def create_model(
         load_checkpoint(model, weights, assign=on_meta)
     elif require_pretrained:
         raise ValueError(f"pretrained weights are required but none were found for {model_name!r} ({pretrained!r})")
-    set_precision(model, precision)
+    mode.cast_model(model)
     model.to(device)
     preprocess = PreprocessConfig().merged(**{**cfg.preprocess, **resolved.preprocess})
     preprocess = preprocess.merged(size=model.visual.image_size, **(force_preprocess_cfg or {}))

@@ -22,12 +22,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .constants import HF_CONFIG_NAME, HF_HUB_PREFIX, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
 logger = logging.getLogger(__name__)
 
-HF_HUB_PREFIX = "hf-hub:"
-HF_CONFIG_NAME = "open_clip_config.json"
-HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
-HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
 URL_CACHE_DIR = "~/.cache/clip"  # open_clip's cache for URL downloads, so files already fetched by it are reused
 
 _TUPLE_FIELDS = ("mean", "std")

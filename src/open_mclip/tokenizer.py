@@ -20,6 +20,8 @@ import ftfy
 import regex
 import torch
 
+from .constants import DEFAULT_CONTEXT_LENGTH
+
 __all__ = [
     "DEFAULT_CONTEXT_LENGTH",
     "ClipTokenizer",
@@ -30,7 +32,6 @@ __all__ = [
 ]
 
 
-DEFAULT_CONTEXT_LENGTH = 77  # every OpenAI CLIP text tower was trained with 77 positions
 SOT_TOKEN = "<start_of_text>"
 EOT_TOKEN = "<end_of_text>"
 _SPECIAL_TOKENS = (SOT_TOKEN, EOT_TOKEN)

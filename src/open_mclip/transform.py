@@ -17,6 +17,14 @@ import torch
 from PIL import Image
 
 from .augment import DEFAULT_RATIO, ColorJitter, RandomGrayscale, RandomResizedCrop
+from .constants import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INCEPTION_MEAN,
+    INCEPTION_STD,
+    OPENAI_DATASET_MEAN,
+    OPENAI_DATASET_STD,
+)
 from .image_ops import INTERPOLATIONS, ToRGB, load_image, resize_image, to_rgb, to_tensor
 
 __all__ = [
@@ -25,13 +33,6 @@ __all__ = [
     "OPENAI_DATASET_STD", "IMAGENET_MEAN", "IMAGENET_STD", "INCEPTION_MEAN", "INCEPTION_STD",
 ]  # fmt: skip
 
-# The same numbers as open_clip's constants.py.
-OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_DATASET_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INCEPTION_MEAN = (0.5, 0.5, 0.5)
-INCEPTION_STD = (0.5, 0.5, 0.5)
 
 _RESIZE_MODES = ("shortest", "longest", "squash")
 

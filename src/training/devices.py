@@ -18,8 +18,9 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from open_mclip.precision import Precision
+
 from .distributed import world_from_env
-from .precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class HpuDevice(Device):
 
 
 def _reject_float16(precision: Precision) -> None:
-    if torch.float16 in (precision.autocast_dtype, precision.param_dtype):
+    if torch.float16 in (precision.autocast_dtype, precision.weight_dtype):
         raise ValueError(
             f"--precision {precision.name} uses float16, which the HPU backend does not support; "
             "use --precision amp_bf16 (mixed) or bf16/pure_bf16"

@@ -16,6 +16,7 @@ import torch
 
 import open_mclip
 from open_mclip.loss import create_loss
+from open_mclip.precision import Precision
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -26,7 +27,6 @@ from .evaluate import retrieval_table, validate
 from .logger import MetricsLogger, setup_logging, write_params
 from .optim import create_optimizer
 from .params import parse_args
-from .precision import Precision
 from .scheduler import Scheduler
 from .stepper import Stepper
 from .train import LoopState, train_one_epoch
@@ -88,9 +88,9 @@ def _build_model(cfg: TrainConfig, device: Device):
     )
     lock = cfg.lock
     if lock.lock_image:
-        model.lock_image_tower(lock.lock_image_unlocked_groups, freeze_norm_stats=lock.lock_image_freeze_bn_stats)
+        model.visual.lock(lock.lock_image_unlocked_groups, freeze_norm_stats=lock.lock_image_freeze_bn_stats)
     if lock.lock_text:
-        model.lock_text_tower(lock.lock_text_unlocked_layers, freeze_norm_stats=lock.lock_text_freeze_layer_norm)
+        model.text.lock(lock.lock_text_unlocked_layers, freeze_norm_stats=lock.lock_text_freeze_layer_norm)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model, preprocess_train, preprocess_val

@@ -10,8 +10,9 @@ import dataclasses
 import types
 import typing
 
+from open_mclip.precision import PRECISION_CHOICES
+
 from .config import TrainConfig
-from .precision import PRECISION_CHOICES
 
 HELP = {
     "train_data": "training data: CSV/TSV file, or WebDataset shards with brace expansion; join sources with '::'",

@@ -23,8 +23,8 @@ def main() -> None:
     if "--no-hpex" in sys.argv:
         sys.modules["habana_frameworks.torch.hpex.optimizers"] = None  # import of a None entry: ImportError
         sys.modules["habana_frameworks.torch.hpex.normalization"] = None
+    from open_mclip.precision import Precision
     from training.devices import HpuDevice, get_device
-    from training.precision import Precision
 
     out = {"auto": type(get_device("auto")).__name__, "index_error": _error(lambda: HpuDevice(1))}
     device = get_device("hpu")

@@ -83,7 +83,8 @@ class TextTransformer(Tower):
             raise ValueError(f"text has {seq_len} tokens but this text tower's context_length is {self.context_length}")
         dtype = self.transformer.resblocks[0].mlp.c_fc.weight.dtype if len(self.transformer.resblocks) else None
         x = self.token_embedding(text)  # (batch, tokens, width)
-        x = (x + self.positional_embedding[:seq_len]).to(dtype or x.dtype)
+        dtype = dtype or x.dtype  # cast before adding positions, as open_clip does, so 16-bit weights round alike
+        x = x.to(dtype) + self.positional_embedding[:seq_len].to(dtype)
         x = self.ln_final(self.transformer(x, is_causal=self.causal))
         pooled = self._pool(x, text)  # (batch, width)
         if isinstance(self.text_projection, nn.Linear):

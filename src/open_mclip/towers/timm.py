@@ -25,6 +25,8 @@ def _import_timm():
 class TimmTower(Tower):
     """timm trunk without its classifier, then optional attention pooling and a linear or MLP projection."""
 
+    lp_casts_whole_model = True  # precision bf16/fp16 casts such a model whole, as open_clip does (precision.py)
+
     def __init__(self, cfg: TimmConfig, *, embed_dim: int):
         super().__init__()
         timm = _import_timm()
