@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import json
 import pickle
+import random
+import re
 import subprocess
 import sys
 
@@ -14,6 +19,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
+from open_mclip import transform as transform_module
 from open_mclip.transform import (
     AugmentationConfig,
     PreprocessConfig,
@@ -362,3 +368,184 @@ def test_imports_and_runs_with_torchvision_blocked(photos):
     mean = float(result.stdout.split()[-1])
     expected = _reference(224, "shortest", "bicubic")(photos["grace_hopper.jpg"]).mean().item()
     assert mean == pytest.approx(expected, abs=1e-6)
+
+
+# ------------------------------------------------------------------------- open_clip's public names
+
+
+def _parameters(function) -> list[tuple[str, object, object]]:
+    """(name, kind, default) per parameter, enum defaults by value (torchvision's InterpolationMode.BICUBIC)."""
+    signature = inspect.signature(function)
+    return [(p.name, p.kind, getattr(p.default, "value", p.default)) for p in signature.parameters.values()]
+
+
+@pytest.mark.parametrize(
+    "name", ["image_transform", "image_transform_v2", "merge_preprocess_dict", "merge_preprocess_kwargs"]
+)
+def test_open_clip_functions_have_open_clip_signatures(name):
+    assert _parameters(getattr(transform_module, name)) == _parameters(getattr(open_clip_transform, name))
+
+
+@pytest.mark.parametrize("name", ["ResizeKeepRatio", "CenterCropOrPad"])
+def test_open_clip_classes_have_open_clip_signatures(name):
+    ours, theirs = getattr(transform_module, name), getattr(open_clip_transform, name)
+    assert _parameters(ours.__init__) == _parameters(theirs.__init__)
+    if name == "ResizeKeepRatio":
+        assert _parameters(ours.get_params) == _parameters(theirs.get_params)
+
+
+def test_all_names_exist_and_include_open_clip_names():
+    assert all(hasattr(transform_module, name) for name in transform_module.__all__)
+    open_clip_names = {"image_transform", "image_transform_v2", "PreprocessCfg", "AugmentationCfg", "ResizeKeepRatio"}
+    open_clip_names |= {"merge_preprocess_dict", "merge_preprocess_kwargs", "CenterCropOrPad", "OPENAI_DATASET_MEAN"}
+    assert open_clip_names <= set(transform_module.__all__)
+    assert transform_module.PreprocessCfg is PreprocessConfig
+    assert transform_module.AugmentationCfg is AugmentationConfig
+
+
+_OPEN_CLIP_ARGUMENTS = [
+    (224, False),
+    ((256, 192), False, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "longest", "bilinear", 128),
+    ((192, 256), False, 0.5, 0.25, "shortest", "bilinear"),
+    (200, False, None, None, "squash", "random"),
+    (160, False, None, None, None, None, 0, {"scale": (0.3, 0.6)}),  # an eval transform ignores aug_cfg
+]
+
+
+@pytest.mark.parametrize("arguments", _OPEN_CLIP_ARGUMENTS)
+def test_image_transform_takes_open_clip_arguments(photos, arguments):
+    ours, reference = image_transform(*arguments), open_clip_transform.image_transform(*arguments)
+    for name in ("chelsea", "rocket", "horse"):
+        torch.testing.assert_close(ours(photos[name]), reference(photos[name]), atol=1e-5, rtol=0, msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:Unused augmentation cfg items")
+def test_image_transform_train_takes_an_aug_cfg_dict(photos):
+    aug = {"scale": (0.4, 0.8), "color_jitter": (0.3, 0.3, 0.3, 0.05), "color_jitter_prob": 1.0}
+    ours = image_transform(224, True, aug_cfg=aug)
+    reference = open_clip_transform.image_transform(224, True, aug_cfg=aug)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        expected = reference(photos["china.jpg"])
+        torch.manual_seed(seed)
+        torch.testing.assert_close(ours(photos["china.jpg"]), expected, atol=1e-5, rtol=0)
+
+
+def test_image_transform_takes_a_config_first_and_refuses_mixing(photos):
+    cfg = PreprocessConfig(size=(256, 192), resize_mode="longest", fill_color=30)
+    image = photos["coffee"]
+    assert torch.equal(image_transform(cfg, is_train=False)(image), image_transform(cfg, False)(image))
+    reference = open_clip_transform.image_transform_v2(
+        open_clip_transform.PreprocessCfg(size=(256, 192), resize_mode="longest", fill_color=30), is_train=False
+    )
+    torch.testing.assert_close(image_transform(cfg, False)(image), reference(image), atol=1e-5, rtol=0)
+    with pytest.raises(TypeError, match=r"mean given with a PreprocessConfig.*merged\(mean="):
+        image_transform(cfg, False, mean=(0.5, 0.5, 0.5))
+    with pytest.raises(TypeError, match="fill_color"):
+        image_transform(cfg, False, fill_color=9)
+    with pytest.raises(ValueError, match=r"'hflip'.*aug_cfg"):
+        image_transform(cfg, True, aug_cfg={"hflip": 0.5})
+    with pytest.raises(TypeError, match="aug_cfg must be.*list"):
+        image_transform(cfg, True, aug_cfg=[0.9, 1.0])
+
+
+def test_image_transform_v2_takes_our_config_and_open_clips(photos):
+    settings = {"size": (192, 256), "resize_mode": "longest", "interpolation": "bilinear", "fill_color": 77}
+    reference = open_clip_transform.image_transform_v2(open_clip_transform.PreprocessCfg(**settings), False)
+    ours = transform_module.image_transform_v2(transform_module.PreprocessCfg(**settings), False)
+    foreign = transform_module.image_transform_v2(open_clip_transform.PreprocessCfg(**settings), False)
+    for name in ("astronaut", "flower.jpg"):
+        expected = reference(photos[name])
+        torch.testing.assert_close(ours(photos[name]), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(foreign(photos[name]), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [224, (256, 192)])
+def test_preprocess_cfg_offers_open_clips_fields_and_properties(size):
+    ours, theirs = transform_module.PreprocessCfg(size=size), open_clip_transform.PreprocessCfg(size=size)
+    assert ours.num_channels == theirs.num_channels == 3
+    assert ours.input_size == tuple(theirs.input_size)
+    theirs_fields = dataclasses.asdict(theirs)
+    assert {k: v for k, v in ours.to_dict().items() if k in theirs_fields} == theirs_fields
+
+
+def test_merge_preprocess_matches_open_clip():
+    ours_base, theirs_base = transform_module.PreprocessCfg(size=336), open_clip_transform.PreprocessCfg(size=336)
+    overlay = {"mean": (0.5, 0.5, 0.5), "std": None, "resize_mode": "squash", "crop_pct": 0.9}
+    merged = transform_module.merge_preprocess_dict(ours_base, overlay)
+    expected = open_clip_transform.merge_preprocess_dict(theirs_base, overlay)
+    assert type(merged) is type(expected) is dict
+    assert {k: merged[k] for k in expected} == expected
+    assert set(merged) - set(expected) == {"rgb_conversion", "background_color"}  # our two options
+    hub = {"size": 384, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "model_name": "x"}
+    assert transform_module.merge_preprocess_dict(hub, overlay) == open_clip_transform.merge_preprocess_dict(
+        hub, overlay
+    )
+    kwargs = transform_module.merge_preprocess_kwargs(hub, interpolation="bilinear", fill_color=None)
+    assert kwargs == open_clip_transform.merge_preprocess_kwargs(hub, interpolation="bilinear", fill_color=None)
+    assert PreprocessConfig.from_dict(merged).resize_mode == "squash"  # the result builds a config again
+
+
+@pytest.mark.parametrize("longest", [0.0, 0.5, 1.0])
+def test_resize_keep_ratio_matches_open_clip(photos, longest):
+    from torchvision.transforms import InterpolationMode
+
+    for size in (224, (256, 192), [100, 300]):
+        ours = transform_module.ResizeKeepRatio(size, longest, InterpolationMode.BILINEAR)
+        theirs = open_clip_transform.ResizeKeepRatio(size, longest, InterpolationMode.BILINEAR)
+        for name in ("astronaut", "rocket"):
+            assert np.array_equal(np.asarray(ours(photos[name])), np.asarray(theirs(photos[name]))), (size, name)
+    jitter = {"random_scale_prob": 1.0, "random_aspect_prob": 1.0}
+    ours = transform_module.ResizeKeepRatio(224, longest, **jitter)
+    theirs = open_clip_transform.ResizeKeepRatio(224, longest, **jitter)
+    sizes = []
+    for seed in range(4):  # the jitter draws from python's random, as open_clip's
+        random.seed(seed)
+        got = ours(photos["coffee"])
+        random.seed(seed)
+        assert np.array_equal(np.asarray(got), np.asarray(theirs(photos["coffee"])))
+        sizes.append(got.size)
+    assert len(set(sizes)) == 4
+
+
+def test_center_crop_or_pad_matches_open_clip_in_own_mode(photos):
+    image = photos["chelsea"]
+    for mode_image in (image, image.quantize(colors=64), image.convert("CMYK"), image.convert("LA")):
+        for size, fill in ((64, 0), ((500, 400), 90), (300, 255), ([700], 10)):
+            ours = transform_module.CenterCropOrPad(size, fill)(mode_image)
+            theirs = open_clip_transform.CenterCropOrPad(size, fill)(mode_image)
+            assert ours.mode == theirs.mode and ours.size == theirs.size
+            assert np.array_equal(np.asarray(ours.convert("RGB")), np.asarray(theirs.convert("RGB")))
+    with pytest.raises(TypeError, match="Tensor"):
+        transform_module.CenterCropOrPad(64)(torch.zeros(3, 8, 8))
+
+
+# ---------------------------------------------------------------------------------- the new options
+
+
+def test_preprocess_config_conversion_options_validate_and_round_trip():
+    cfg = PreprocessConfig.from_dict({"rgb_conversion": "before_resize", "background_color": [0, 64, 255]})
+    assert cfg.background_color == (0, 64, 255)
+    assert PreprocessConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert PreprocessConfig().rgb_conversion == "after_resize" and PreprocessConfig().background_color == (255,) * 3
+    with pytest.raises(ValueError, match=r"rgb_conversion='composite'.*'after_resize', 'before_resize'"):
+        PreprocessConfig(rgb_conversion="composite")
+    for bad in ((256, 0, 0), (0, 0), "white", (0.5, 0, 0)):
+        with pytest.raises(ValueError, match=re.escape(f"background_color={bad!r} is invalid")):
+            PreprocessConfig(background_color=bad)
+    assert PreprocessConfig().merged(rgb_conversion="before_resize").rgb_conversion == "before_resize"
+
+
+def test_open_clip_hub_preprocess_cfg_parses():
+    hub = {"size": 384, "mode": "RGB", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic"}
+    hub |= {"resize_mode": "squash", "fill_color": 0}
+    cfg = PreprocessConfig.from_dict(hub, source="open_clip_config.json")
+    assert cfg.size == 384 and cfg.resize_mode == "squash" and cfg.rgb_conversion == "after_resize"
+    assert PreprocessConfig().merged(**hub) == cfg
+
+
+def test_random_interpolation_is_bicubic_as_in_open_clip(photos):
+    random_cfg = PreprocessConfig(size=200, interpolation="random")
+    image = photos["flower.jpg"]
+    expected = image_transform(PreprocessConfig(size=200), is_train=False)(image)
+    assert torch.equal(image_transform(random_cfg, is_train=False)(image), expected)

@@ -1,13 +1,24 @@
-"""Image basics for preprocessing, with Pillow and torch only: reading a file, converting any mode to RGB,
-resizing, and the PIL -> tensor conversion."""
+"""Image basics for preprocessing, with Pillow and torch only: reading a file, the mode steps before and after
+resizing, the resize, crop and pad steps (in the image's own mode), and the PIL -> tensor conversion.
+
+By default an image is resized in its own mode and converted to RGB afterwards, as open_clip does (Pillow resizes
+RGBA and LA premultiplied and P and 1 images nearest-neighbour; ``convert("RGB")`` then drops alpha). Only the modes
+open_clip mangles change first: 16-bit and float greyscale (which ``convert`` clips to white) are rescaled to 8
+bits, PA (whose palette indices Pillow would interpolate) becomes RGBA. ``to_rgb`` is the alternative conversion
+before resizing: transparency composited over a background, every mode resampled in RGB.
+"""
 
 from __future__ import annotations
 
+import numbers
 import os
+import random
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -15,6 +26,7 @@ INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
 }
 WHITE = (255, 255, 255)
+RGB_CONVERSIONS = ("after_resize", "before_resize")
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -38,6 +50,11 @@ def _scale_to_uint8(values: np.ndarray, *, full_scale: float | None) -> np.ndarr
     else:
         values = values * (255.0 / full_scale)
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def is_high_depth(mode: str) -> bool:
+    """True for 16/32-bit integer and float greyscale, which ``convert`` clips at 255."""
+    return mode in ("I", "F") or mode.startswith("I;16")
 
 
 def _high_depth_to_l(image: Image.Image) -> Image.Image:
@@ -74,15 +91,15 @@ def _composite(image: Image.Image, background: tuple[int, int, int]) -> Image.Im
 def to_rgb(image: Image.Image, *, background: tuple[int, int, int] = WHITE) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB; transparency is flattened onto ``background`` (white by default).
 
-    open_clip calls ``convert("RGB")``, which drops alpha (whatever colour hides under transparent pixels shows)
-    and clips 16-bit greyscale at 255 (photos come out white); both differ here on purpose. Opaque images
-    convert exactly as ``convert("RGB")`` does.
+    The conversion of ``PreprocessConfig(rgb_conversion="before_resize")``. open_clip instead resizes first and
+    then calls ``convert("RGB")``, which drops alpha (colour hidden under transparent pixels shows) and clips
+    16-bit greyscale at 255. Opaque 8-bit images convert exactly as ``convert("RGB")`` does.
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL.Image.Image, got {type(image).__name__}; convert with PIL.Image.fromarray")
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+    if is_high_depth(image.mode):
         return _high_depth_to_l(image).convert("RGB")
     if _has_alpha(image):
         return _composite(image, background)
@@ -98,20 +115,213 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
 
 
-class ToRGB:
-    """Step: convert to RGB first (before resizing), so palette and 16-bit images resample correctly."""
+# modes open_clip cannot resize or convert sanely, and the mode that carries the same image through its pipeline:
+# Pillow resamples a PA image's palette indices as if they were grey levels, and cannot convert La to RGB
+_SOURCE_MODES = {"PA": "RGBA", "La": "LA"}
 
-    def __init__(self, *, background: tuple[int, int, int] = WHITE) -> None:
+
+class PrepareMode:
+    """Step before any resizing: the mode changes that must happen in the source image.
+
+    16-bit and float greyscale are rescaled to 8-bit L, PA becomes RGBA and La becomes LA (see ``_SOURCE_MODES``);
+    every other mode is left to resize as it is, as open_clip does. With ``rgb_first`` every image is converted
+    here instead (``to_rgb``: transparency flattened onto ``background``).
+    """
+
+    def __init__(self, *, rgb_first: bool = False, background: tuple[int, int, int] = WHITE) -> None:
+        self.rgb_first = rgb_first
         self.background = background
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        return to_rgb(image, background=self.background)
+        if self.rgb_first:
+            return to_rgb(image, background=self.background)
+        if is_high_depth(image.mode):
+            return _high_depth_to_l(image)
+        if image.mode in _SOURCE_MODES:
+            return image.convert(_SOURCE_MODES[image.mode])
+        return image
 
     def __repr__(self) -> str:
-        return f"ToRGB(background={self.background})"
+        return f"PrepareMode(rgb_first={self.rgb_first}, background={self.background})"
+
+
+class ConvertToRGB:
+    """Step after the geometric steps: ``convert("RGB")``, as open_clip's ``MaybeConvertMode`` (alpha dropped)."""
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image if image.mode == "RGB" else image.convert("RGB")
+
+    def __repr__(self) -> str:
+        return "ConvertToRGB()"
 
 
 def resize_image(image: Image.Image, width_height: tuple[int, int], interpolation: str) -> Image.Image:
+    """Resize in the image's own mode (Pillow premultiplies RGBA/LA and uses nearest for P and 1)."""
     if image.size == width_height:
         return image
     return image.resize(width_height, INTERPOLATIONS[interpolation])
+
+
+def _fill_for(image: Image.Image, fill: int | float | Sequence[int | float]) -> int | float | tuple:
+    """A pad colour for ``image``'s mode as torchvision gives it: one value per band (a palette index for P)."""
+    bands = len(image.getbands())
+    values = (fill,) * bands if isinstance(fill, numbers.Real) else tuple(fill)
+    if len(values) == 1:
+        values = values * bands
+    if len(values) != bands:
+        raise ValueError(f"fill={fill!r} has {len(values)} values; image mode {image.mode} has {bands} bands")
+    if image.mode != "F":
+        values = tuple(int(v) for v in values)
+    return values[0] if bands == 1 else values
+
+
+def pad_image(image: Image.Image, ltrb: tuple[int, int, int, int], fill: int | Sequence[int]) -> Image.Image:
+    """Pad by (left, top, right, bottom) pixels with ``fill`` in the image's own mode, as torchvision's pad."""
+    return ImageOps.expand(image, border=ltrb, fill=_fill_for(image, fill))
+
+
+# ------------------------------------------------------------------------------ resize and crop steps
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    """(height, width) from an int, a 1-sequence or a pair, as open_clip's transforms accept sizes."""
+    values = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    values = values * 2 if len(values) == 1 else values
+    ok = len(values) == 2 and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in values)
+    if not ok:
+        raise ValueError(f"size={size!r} is invalid; use a positive int or a (height, width) pair of positive ints")
+    return int(values[0]), int(values[1])
+
+
+def interpolation_name(interpolation: Any) -> str:
+    """A resize filter name from a string or an enum whose value is one (torchvision's ``InterpolationMode``)."""
+    name = getattr(interpolation, "value", interpolation)
+    name = "bicubic" if name == "random" else name
+    if name not in INTERPOLATIONS:
+        raise ValueError(f"interpolation={interpolation!r} is invalid; choose one of {list(INTERPOLATIONS)}")
+    return name
+
+
+class ResizeShortestSide:
+    """Step: scale so the shorter side equals ``size``; the longer side is truncated as torchvision does."""
+
+    def __init__(self, size: int, *, interpolation: str) -> None:
+        self.size = size
+        self.interpolation = interpolation
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        short, long = min(width, height), max(width, height)
+        new_long = int(self.size * long / short)
+        new_size = (self.size, new_long) if width <= height else (new_long, self.size)
+        return resize_image(image, new_size, self.interpolation)
+
+    def __repr__(self) -> str:
+        return f"ResizeShortestSide(size={self.size}, interpolation={self.interpolation})"
+
+
+class ResizeKeepRatio:
+    """Step: scale keeping the aspect ratio so the longest (``longest=1``) or shortest (0) side fits the size.
+
+    open_clip's (and timm's) class with its arguments: ``longest`` in [0, 1] blends the two ratios, and the
+    optional random scale and aspect jitter draw from Python's ``random`` as open_clip's does.
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        longest: float = 0.0,
+        interpolation: Any = "bicubic",
+        random_scale_prob: float = 0.0,
+        random_scale_range: tuple[float, float] = (0.85, 1.05),
+        random_aspect_prob: float = 0.0,
+        random_aspect_range: tuple[float, float] = (0.9, 1.11),
+    ) -> None:
+        self.size = _pair(size)
+        self.longest = float(longest)
+        self.interpolation = interpolation_name(interpolation)
+        self.random_scale_prob = random_scale_prob
+        self.random_scale_range = random_scale_range
+        self.random_aspect_prob = random_aspect_prob
+        self.random_aspect_range = random_aspect_range
+
+    @staticmethod
+    def get_params(
+        img: Image.Image,
+        target_size: tuple[int, int],
+        longest: float,
+        random_scale_prob: float = 0.0,
+        random_scale_range: tuple[float, float] = (0.85, 1.05),
+        random_aspect_prob: float = 0.0,
+        random_aspect_range: tuple[float, float] = (0.9, 1.11),
+    ) -> list[int]:
+        """The [height, width] to resize ``img`` to (Python's round, half to even, as open_clip)."""
+        height, width = img.size[::-1]
+        ratio_h, ratio_w = height / target_size[0], width / target_size[1]
+        ratio = max(ratio_h, ratio_w) * longest + min(ratio_h, ratio_w) * (1.0 - longest)
+        factors = (1.0, 1.0)
+        if random_scale_prob > 0 and random.random() < random_scale_prob:
+            factors = (random.uniform(*random_scale_range),) * 2
+        if random_aspect_prob > 0 and random.random() < random_aspect_prob:
+            aspect = random.uniform(*random_aspect_range)
+            factors = (factors[0] / aspect, factors[1] * aspect)
+        return [round(height * factors[0] / ratio), round(width * factors[1] / ratio)]
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        height, width = self.get_params(
+            image,
+            self.size,
+            self.longest,
+            self.random_scale_prob,
+            self.random_scale_range,
+            self.random_aspect_prob,
+            self.random_aspect_range,
+        )
+        return resize_image(image, (width, height), self.interpolation)
+
+    def __repr__(self) -> str:
+        return f"ResizeKeepRatio(size={self.size}, longest={self.longest}, interpolation={self.interpolation})"
+
+
+class Resize:
+    """Step: scale to exactly (height, width), ignoring the aspect ratio."""
+
+    def __init__(self, size: tuple[int, int], *, interpolation: str) -> None:
+        self.size = size
+        self.interpolation = interpolation
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return resize_image(image, (self.size[1], self.size[0]), self.interpolation)
+
+    def __repr__(self) -> str:
+        return f"Resize(size={self.size}, interpolation={self.interpolation})"
+
+
+class CenterCropOrPad:
+    """Step: pad with ``fill`` where smaller than ``size`` (height, width), then crop the centre.
+
+    open_clip's class with its arguments, on PIL images. Padding happens in the image's own mode as torchvision's
+    does: ``fill`` is repeated per band (a palette index for P images), so open_clip's output follows for every mode.
+    """
+
+    def __init__(self, size: int | Sequence[int], fill: int | Sequence[int] = 0) -> None:
+        self.size = _pair(size)
+        self.fill = fill
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"expected a PIL.Image.Image, got {type(image).__name__}; convert with PIL.Image.fromarray")
+        crop_h, crop_w = self.size
+        width, height = image.size
+        if crop_w > width or crop_h > height:
+            pad_w, pad_h = max(crop_w - width, 0), max(crop_h - height, 0)
+            image = pad_image(image, (pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2), self.fill)
+            width, height = image.size
+            if (width, height) == (crop_w, crop_h):
+                return image
+        top = int(round((height - crop_h) / 2.0))
+        left = int(round((width - crop_w) / 2.0))
+        return image.crop((left, top, left + crop_w, top + crop_h))
+
+    def __repr__(self) -> str:
+        return f"CenterCropOrPad(size={self.size}, fill={self.fill})"

@@ -1,8 +1,10 @@
-"""Image preprocessing with Pillow and torch only: configs, eval resizing and cropping, and the train and eval
-transforms (image basics are in image_ops.py, training augmentations in augment.py).
+"""Image preprocessing with Pillow and torch only: configs, the train and eval transforms, and open_clip's public
+transform names as thin adapters over them (mode, resize and crop steps are in image_ops.py, training augmentations
+in augment.py).
 
-The eval transform reproduces open_clip 3.3.0's ``image_transform_v2`` output for RGB images (same resize
-rounding, crop offsets, padding, tensor conversion and normalisation) without importing torchvision.
+By default the transforms reproduce open_clip 3.3.0's ``image_transform_v2`` output for every image mode open_clip
+handles sanely: resizing and cropping happen in the image's own mode and ``convert("RGB")`` comes after them, as in
+open_clip. ``PreprocessConfig.rgb_conversion`` selects our conversion before resizing instead (docs/preprocessing.md).
 """
 
 from __future__ import annotations
@@ -25,16 +27,54 @@ from .constants import (
     OPENAI_DATASET_MEAN,
     OPENAI_DATASET_STD,
 )
-from .image_ops import INTERPOLATIONS, ToRGB, load_image, resize_image, to_rgb, to_tensor
+from .image_ops import (
+    INTERPOLATIONS,
+    RGB_CONVERSIONS,
+    WHITE,
+    CenterCropOrPad,
+    ConvertToRGB,
+    PrepareMode,
+    Resize,
+    ResizeKeepRatio,
+    ResizeShortestSide,
+    interpolation_name,
+    load_image,
+    to_rgb,
+    to_tensor,
+)
 
 __all__ = [
-    "AugmentationConfig", "PreprocessConfig", "ImageTransform", "image_transform", "load_image", "to_rgb",
-    "to_tensor", "ToRGB", "RandomResizedCrop", "ColorJitter", "RandomGrayscale", "OPENAI_DATASET_MEAN",
-    "OPENAI_DATASET_STD", "IMAGENET_MEAN", "IMAGENET_STD", "INCEPTION_MEAN", "INCEPTION_STD",
-]  # fmt: skip
+    "AugmentationConfig",
+    "AugmentationCfg",
+    "PreprocessConfig",
+    "PreprocessCfg",
+    "ImageTransform",
+    "image_transform",
+    "image_transform_v2",
+    "merge_preprocess_dict",
+    "merge_preprocess_kwargs",
+    "load_image",
+    "to_rgb",
+    "to_tensor",
+    "PrepareMode",
+    "ConvertToRGB",
+    "ResizeKeepRatio",
+    "CenterCropOrPad",
+    "RandomResizedCrop",
+    "ColorJitter",
+    "RandomGrayscale",
+    "OPENAI_DATASET_MEAN",
+    "OPENAI_DATASET_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INCEPTION_MEAN",
+    "INCEPTION_STD",
+]
 
 
 _RESIZE_MODES = ("shortest", "longest", "squash")
+# "random" is open_clip's spelling for timm's random train interpolation; without timm it resizes bicubic
+_CONFIG_INTERPOLATIONS = (*INTERPOLATIONS, "random")
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -72,9 +112,29 @@ def _channel_values(value: Any, *, name: str, positive: bool) -> tuple[float, ..
     return tuple(float(v) for v in values)
 
 
+def _grey_level(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value <= 255
+
+
+def _choice(value: Any, *, name: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is invalid; choose one of {list(choices)}")
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """How images are turned into model input; travels with a model config and a pretrained entry."""
+    """How images are turned into model input; travels with a model config and a pretrained entry.
+
+    The first seven fields are open_clip's ``PreprocessCfg``. Two more choose how a non-RGB image becomes RGB:
+
+    - ``rgb_conversion="after_resize"`` (default, open_clip's result): resize and crop in the image's own mode,
+      then ``convert("RGB")``, which drops alpha; Pillow resizes RGBA/LA premultiplied and P/1 nearest-neighbour.
+      Only where open_clip mangles the image does a conversion come first: 16-bit and float greyscale (I;16*, I,
+      F) are rescaled to 8 bits (``convert`` clips them) and PA becomes RGBA (Pillow would interpolate its indices).
+    - ``rgb_conversion="before_resize"``: convert to RGB first, compositing transparency over
+      ``background_color`` (an (r, g, b) of ints 0..255, white by default) and resampling palette and 1-bit
+      images with ``interpolation``.
+    """
 
     size: int | tuple[int, int] = 224
     mode: str = "RGB"
@@ -83,6 +143,8 @@ class PreprocessConfig:
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
     fill_color: int = 0
+    rgb_conversion: str = "after_resize"
+    background_color: tuple[int, int, int] = WHITE
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise JSON lists to tuples once, here
@@ -91,18 +153,30 @@ class PreprocessConfig:
         set_(self, "std", _channel_values(self.std, name="std", positive=True))
         if self.mode != "RGB":
             raise ValueError(f"mode={self.mode!r} is not supported; only 'RGB' is")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation={self.interpolation!r} is invalid; choose one of {list(INTERPOLATIONS)}")
-        if self.resize_mode not in _RESIZE_MODES:
-            raise ValueError(f"resize_mode={self.resize_mode!r} is invalid; choose one of {list(_RESIZE_MODES)}")
-        fill = self.fill_color
-        if not isinstance(fill, numbers.Integral) or isinstance(fill, bool) or not 0 <= fill <= 255:
-            raise ValueError(f"fill_color={fill!r} is invalid; use an int grey level in 0..255")
+        _choice(self.interpolation, name="interpolation", choices=_CONFIG_INTERPOLATIONS)
+        _choice(self.resize_mode, name="resize_mode", choices=_RESIZE_MODES)
+        _choice(self.rgb_conversion, name="rgb_conversion", choices=RGB_CONVERSIONS)
+        if not _grey_level(self.fill_color):
+            raise ValueError(f"fill_color={self.fill_color!r} is invalid; use an int grey level in 0..255")
+        background = self.background_color
+        if not (isinstance(background, (list, tuple)) and len(background) == 3 and all(map(_grey_level, background))):
+            raise ValueError(f"background_color={background!r} is invalid; use (r, g, b) with ints in 0..255")
+        set_(self, "background_color", tuple(int(v) for v in background))
 
     @property
     def image_size(self) -> tuple[int, int]:
         """The output (height, width)."""
         return (self.size, self.size) if isinstance(self.size, int) else self.size
+
+    @property
+    def num_channels(self) -> int:
+        """Channels of the model input (open_clip's ``PreprocessCfg.num_channels``)."""
+        return 3
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the model input (open_clip's ``PreprocessCfg.input_size``)."""
+        return (self.num_channels, *self.image_size)
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str = "<dict>") -> PreprocessConfig:
@@ -178,86 +252,6 @@ def _jitter_strengths(color_jitter: Any) -> tuple[float, float, float, float]:
     return tuple(float(v) for v in values)  # type: ignore[return-value]
 
 
-# ------------------------------------------------------------------------------------------ the steps
-
-
-class ResizeShortestSide:
-    """Step: scale so the shorter side equals ``size``; the longer side is truncated as torchvision does."""
-
-    def __init__(self, size: int, *, interpolation: str) -> None:
-        self.size = size
-        self.interpolation = interpolation
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        width, height = image.size
-        short, long = min(width, height), max(width, height)
-        new_long = int(self.size * long / short)
-        new_size = (self.size, new_long) if width <= height else (new_long, self.size)
-        return resize_image(image, new_size, self.interpolation)
-
-    def __repr__(self) -> str:
-        return f"ResizeShortestSide(size={self.size}, interpolation={self.interpolation})"
-
-
-class ResizeKeepRatio:
-    """Step: scale keeping the aspect ratio so the longest (or shortest) side fits (height, width)."""
-
-    def __init__(self, size: tuple[int, int], *, longest: bool, interpolation: str) -> None:
-        self.size = size
-        self.longest = longest
-        self.interpolation = interpolation
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        width, height = image.size
-        ratio_h, ratio_w = height / self.size[0], width / self.size[1]
-        ratio = max(ratio_h, ratio_w) if self.longest else min(ratio_h, ratio_w)
-        # Python's round (half to even), as open_clip's ResizeKeepRatio
-        return resize_image(image, (round(width / ratio), round(height / ratio)), self.interpolation)
-
-    def __repr__(self) -> str:
-        return f"ResizeKeepRatio(size={self.size}, longest={self.longest}, interpolation={self.interpolation})"
-
-
-class Resize:
-    """Step: scale to exactly (height, width), ignoring the aspect ratio."""
-
-    def __init__(self, size: tuple[int, int], *, interpolation: str) -> None:
-        self.size = size
-        self.interpolation = interpolation
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        return resize_image(image, (self.size[1], self.size[0]), self.interpolation)
-
-    def __repr__(self) -> str:
-        return f"Resize(size={self.size}, interpolation={self.interpolation})"
-
-
-class CenterCropOrPad:
-    """Step: pad with ``fill`` where smaller than (height, width), then crop the centre (torchvision's offsets)."""
-
-    def __init__(self, size: tuple[int, int], *, fill: int = 0) -> None:
-        self.size = size
-        self.fill = fill
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        crop_h, crop_w = self.size
-        width, height = image.size
-        if crop_w > width or crop_h > height:
-            left, top = max(crop_w - width, 0) // 2, max(crop_h - height, 0) // 2
-            padded_w, padded_h = max(width, crop_w), max(height, crop_h)
-            canvas = Image.new(image.mode, (padded_w, padded_h), (self.fill,) * len(image.getbands()))
-            canvas.paste(image, (left, top))
-            image, width, height = canvas, padded_w, padded_h
-            if (width, height) == (crop_w, crop_h):
-                return image
-        top = int(round((height - crop_h) / 2.0))
-        left = int(round((width - crop_w) / 2.0))
-        return image.crop((left, top, left + crop_w, top + crop_h))
-
-    def __repr__(self) -> str:
-        return f"CenterCropOrPad(size={self.size}, fill={self.fill})"
-
-
 # ------------------------------------------------------------------------------------- the transform
 
 
@@ -289,24 +283,20 @@ class ImageTransform:
 
 def _eval_steps(cfg: PreprocessConfig) -> list[Callable[[Image.Image], Image.Image]]:
     """Resize and crop as open_clip's eval transform does for each resize mode."""
-    size = cfg.image_size
+    size, interpolation = cfg.image_size, interpolation_name(cfg.interpolation)
     if cfg.resize_mode == "longest":
-        return [
-            ResizeKeepRatio(size, longest=True, interpolation=cfg.interpolation),
-            CenterCropOrPad(size, fill=cfg.fill_color),
-        ]
+        return [ResizeKeepRatio(size, 1.0, interpolation), CenterCropOrPad(size, fill=cfg.fill_color)]
     if cfg.resize_mode == "squash":
-        return [Resize(size, interpolation=cfg.interpolation)]
+        return [Resize(size, interpolation=interpolation)]
     if size[0] == size[1]:
-        resize: Callable[[Image.Image], Image.Image] = ResizeShortestSide(size[0], interpolation=cfg.interpolation)
+        resize: Callable[[Image.Image], Image.Image] = ResizeShortestSide(size[0], interpolation=interpolation)
     else:
-        # open_clip resizes a non-square "shortest" target with bicubic whatever the configured interpolation
-        resize = ResizeKeepRatio(size, longest=False, interpolation="bicubic")
+        resize = ResizeKeepRatio(size)  # open_clip resizes a non-square "shortest" target bicubic, whatever is set
     return [resize, CenterCropOrPad(size, fill=0)]
 
 
-def _train_steps(cfg: PreprocessConfig, aug: AugmentationConfig) -> list[Callable[[Image.Image], Image.Image]]:
-    """Random resized crop (bicubic, as open_clip) and optional colour jitter and grayscale."""
+def _train_steps(cfg: PreprocessConfig, aug: AugmentationConfig) -> tuple[RandomResizedCrop, list[Callable]]:
+    """Random resized crop (bicubic, as open_clip) and the optional colour jitter and grayscale after it."""
     if aug.use_timm or aug.re_prob or aug.re_count:
         raise ValueError(
             "timm augmentation is not supported; unset use_timm, re_prob and re_count in the augmentation config"
@@ -316,33 +306,105 @@ def _train_steps(cfg: PreprocessConfig, aug: AugmentationConfig) -> list[Callabl
             f"color_jitter={aug.color_jitter!r} is set but color_jitter_prob is not; set color_jitter_prob "
             "(e.g. 0.8) to apply it, or remove color_jitter"
         )
-    ratio = aug.ratio or DEFAULT_RATIO
-    steps: list[Callable[[Image.Image], Image.Image]] = [
-        RandomResizedCrop(cfg.image_size, scale=aug.scale, ratio=ratio, interpolation="bicubic")
-    ]
+    crop = RandomResizedCrop(cfg.image_size, scale=aug.scale, ratio=aug.ratio or DEFAULT_RATIO, interpolation="bicubic")
+    colour: list[Callable[[Image.Image], Image.Image]] = []
     if aug.color_jitter_prob:
-        steps.append(ColorJitter(*_jitter_strengths(aug.color_jitter), p=aug.color_jitter_prob))
+        colour.append(ColorJitter(*_jitter_strengths(aug.color_jitter), p=aug.color_jitter_prob))
     if aug.gray_scale_prob:
-        steps.append(RandomGrayscale(p=aug.gray_scale_prob))
-    return steps
+        colour.append(RandomGrayscale(p=aug.gray_scale_prob))
+    return crop, colour
+
+
+def _build_transform(cfg: PreprocessConfig, *, is_train: bool, aug: AugmentationConfig) -> ImageTransform:
+    """The one implementation: mode preparation, geometric steps, ``convert("RGB")``, colour steps, tensor."""
+    prepare = PrepareMode(rgb_first=cfg.rgb_conversion == "before_resize", background=cfg.background_color)
+    if is_train:
+        crop, colour = _train_steps(cfg, aug)
+        steps = [prepare, crop, ConvertToRGB(), *colour]
+    else:
+        steps = [prepare, *_eval_steps(cfg), ConvertToRGB()]
+    return ImageTransform(steps, mean=cfg.mean, std=cfg.std)
+
+
+# ------------------------------------------------------------------------- open_clip's public names
+
+
+PreprocessCfg = PreprocessConfig
+AugmentationCfg = AugmentationConfig
+_PREPROCESS_KEYS = tuple(f.name for f in dataclasses.fields(PreprocessConfig))
+
+
+def _augmentation(aug_cfg: Any) -> AugmentationConfig:
+    """An ``AugmentationConfig`` from None, a dict (as open_clip accepts) or an ``AugmentationConfig``."""
+    if aug_cfg is None:
+        return AugmentationConfig()
+    if isinstance(aug_cfg, dict):
+        return AugmentationConfig.from_dict(aug_cfg, source="aug_cfg")
+    if not isinstance(aug_cfg, AugmentationConfig):
+        raise TypeError(
+            f"aug_cfg must be an AugmentationConfig, a dict or None, got {type(aug_cfg).__name__}; "
+            "use AugmentationConfig.from_dict"
+        )
+    return aug_cfg
 
 
 def image_transform(
-    cfg: PreprocessConfig, *, is_train: bool, aug_cfg: AugmentationConfig | None = None
+    image_size: int | tuple[int, int] | PreprocessConfig,
+    is_train: bool,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
+    resize_mode: str | None = None,
+    interpolation: str | None = None,
+    fill_color: int = 0,
+    aug_cfg: dict[str, Any] | AugmentationConfig | None = None,
 ) -> ImageTransform:
-    """The train or eval transform for ``cfg``: PIL image in, normalised float32 (3, height, width) tensor out.
+    """The train or eval transform: PIL image in, normalised float32 (3, height, width) tensor out.
 
-    Images are converted to RGB first (open_clip converts after resizing; identical for RGB input).
+    open_clip's signature and defaults; the first argument may also be a whole ``PreprocessConfig`` (then leave
+    the separate settings unset and use ``cfg.merged(...)`` to change any).
     """
-    if not isinstance(cfg, PreprocessConfig):
-        raise TypeError(f"cfg must be a PreprocessConfig, got {type(cfg).__name__}; use PreprocessConfig.from_dict")
-    if aug_cfg is not None and not isinstance(aug_cfg, AugmentationConfig):
-        raise TypeError(
-            f"aug_cfg must be an AugmentationConfig or None, got {type(aug_cfg).__name__}; "
-            "use AugmentationConfig.from_dict"
-        )
-    if is_train:
-        steps = _train_steps(cfg, aug_cfg or AugmentationConfig())
+    if isinstance(image_size, PreprocessConfig):
+        separate = {"mean": mean, "std": std, "resize_mode": resize_mode, "interpolation": interpolation}
+        given = [k for k, v in separate.items() if v is not None] + (["fill_color"] if fill_color != 0 else [])
+        if given:
+            raise TypeError(
+                f"{', '.join(given)} given with a PreprocessConfig; pass cfg.merged({given[0]}=...) instead"
+            )
+        cfg = image_size
     else:
-        steps = _eval_steps(cfg)
-    return ImageTransform([ToRGB(), *steps], mean=cfg.mean, std=cfg.std)
+        cfg = PreprocessConfig(
+            size=image_size,
+            mean=mean or OPENAI_DATASET_MEAN,
+            std=std or OPENAI_DATASET_STD,
+            interpolation=interpolation or "bicubic",
+            resize_mode=resize_mode or "shortest",
+            fill_color=fill_color,
+        )
+    return _build_transform(cfg, is_train=is_train, aug=_augmentation(aug_cfg))
+
+
+def image_transform_v2(
+    cfg: PreprocessConfig, is_train: bool, aug_cfg: dict[str, Any] | AugmentationConfig | None = None
+) -> ImageTransform:
+    """open_clip's ``image_transform_v2``: the transform for a ``PreprocessCfg`` (or anything with its fields)."""
+    if isinstance(cfg, PreprocessConfig):
+        return image_transform(cfg, is_train, aug_cfg=aug_cfg)
+    return image_transform(
+        cfg.size, is_train, cfg.mean, cfg.std, cfg.resize_mode, cfg.interpolation, cfg.fill_color, aug_cfg
+    )
+
+
+def merge_preprocess_dict(base: PreprocessConfig | dict[str, Any], overlay: dict[str, Any] | None) -> dict[str, Any]:
+    """open_clip's merge: ``base`` (a config or dict) as a dict, with the non-None ``overlay`` values on top.
+
+    As in open_clip, keys that are not ``PreprocessConfig`` fields are dropped from both.
+    """
+    items = dataclasses.asdict(base) if dataclasses.is_dataclass(base) else dict(base)
+    merged = {k: v for k, v in items.items() if k in _PREPROCESS_KEYS}
+    merged.update({k: v for k, v in (overlay or {}).items() if k in _PREPROCESS_KEYS and v is not None})
+    return merged
+
+
+def merge_preprocess_kwargs(base: PreprocessConfig | dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """open_clip's ``merge_preprocess_kwargs``: ``merge_preprocess_dict(base, kwargs)``."""
+    return merge_preprocess_dict(base, kwargs)
