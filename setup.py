@@ -1,10 +1,12 @@
 """Packaging for open_mclip (the library) and training (the trainer), src layout."""
 
+import re
 from pathlib import Path
 
 from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "src/open_mclip/version.py").read_text()).group(1)
 
 EXTRAS = {
     "training": ["webdataset>=0.2.86", "braceexpand", "pandas", "tensorboard", "matplotlib"],
@@ -22,12 +24,13 @@ EXTRAS["test"] = sorted(
         "scikit-learn",
         "matplotlib",
         "ruff",
+        "requests",  # CLIP_benchmark imports it (tests/test_as_open_clip.py runs its command line)
     }
 )
 
 setup(
     name="open_mclip",
-    version="0.1.0",
+    version=VERSION,
     description="CLIP-style contrastive image-text models and trainer, multilingual first; loads open_clip checkpoints",
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",

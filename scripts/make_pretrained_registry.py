@@ -1,7 +1,8 @@
 """Regenerate ``src/open_mclip/pretrained.json`` from the installed open_clip's pretrained table.
 
 Dev-time only: run ``python scripts/make_pretrained_registry.py`` with open_clip_torch 3.3.0 installed. The output is
-data copied from open_clip (MIT licence), restricted to the architectures open_mclip implements, in open_clip's order.
+data copied from open_clip (MIT licence), restricted to the architectures open_mclip ships (model_configs/*.json),
+in open_clip's order.
 """
 
 from __future__ import annotations
@@ -11,80 +12,16 @@ import json
 import re
 from pathlib import Path
 
-# Architectures open_mclip implements, spelled as open_clip spells them. Ones without pretrained tags are kept here
-# so that a future open_clip release that adds tags for them is picked up.
-ARCHITECTURES = (
-    "ViT-B-32",
-    "ViT-B-32-quickgelu",
-    "ViT-B-16",
-    "ViT-B-16-quickgelu",
-    "ViT-B-16-plus-240",
-    "ViT-L-14",
-    "ViT-L-14-quickgelu",
-    "ViT-L-14-336",
-    "ViT-L-14-336-quickgelu",
-    "ViT-H-14",
-    "ViT-H-14-quickgelu",
-    "ViT-g-14",
-    "ViT-bigG-14",
-    "ViT-bigG-14-quickgelu",
-    "ViT-e-14",
-    "RN50",
-    "RN50-quickgelu",
-    "RN101",
-    "RN101-quickgelu",
-    "RN50x4",
-    "RN50x4-quickgelu",
-    "RN50x16",
-    "RN50x16-quickgelu",
-    "RN50x64",
-    "RN50x64-quickgelu",
-    "convnext_base",
-    "xlm-roberta-base-ViT-B-32",
-    "xlm-roberta-large-ViT-H-14",
-    "roberta-ViT-B-32",
-    "mt5-base-ViT-B-16",
-    "mt5-xl-ViT-H-14",
-    "nllb-clip-base",
-    "nllb-clip-large",
-    "ViT-B-32-256",
-    "ViT-B-16-plus",
-    "ViT-B-32-plus-256",
-    "ViT-L-14-280",
-    "ViT-L-16",
-    "ViT-L-16-320",
-    "ViT-H-16",
-    "ViT-H-14-378",
-    "ViT-H-14-378-quickgelu",
-    "ViT-S-32-alt",
-    "ViT-S-16-alt",
-    "ViT-M-32-alt",
-    "ViT-M-16-alt",
-    "ViT-L-14-CLIPA",
-    "ViT-L-14-CLIPA-336",
-    "ViT-H-14-CLIPA",
-    "ViT-H-14-CLIPA-336",
-    "ViT-bigG-14-CLIPA",
-    "ViT-bigG-14-CLIPA-336",
-    "ViT-L-14-worldwide",
-    "ViT-L-14-worldwide-quickgelu",
-    "ViT-H-14-worldwide",
-    "ViT-H-14-worldwide-quickgelu",
-    "ViT-H-14-worldwide-378",
-    "ViT-bigG-14-worldwide",
-    "ViT-bigG-14-worldwide-378",
-    "ViT-B-16-SigLIP",
-    "ViT-B-16-SigLIP-256",
-    "ViT-B-16-SigLIP-384",
-    "ViT-B-16-SigLIP-512",
-    "ViT-B-16-SigLIP-i18n-256",
-    "ViT-L-16-SigLIP-256",
-    "ViT-L-16-SigLIP-384",
-    "ViT-SO400M-14-SigLIP",
-    "ViT-SO400M-14-SigLIP-378",
-    "ViT-SO400M-14-SigLIP-384",
-    "ViT-SO400M-16-SigLIP-i18n-256",
-)
+CONFIGS = Path(__file__).resolve().parents[1] / "model_configs"
+
+
+def shipped_architectures(configs: Path = CONFIGS) -> tuple[str, ...]:
+    """The architectures open_mclip ships (its model_configs/*.json), so registry and configs cannot drift apart.
+
+    Ones without pretrained tags in open_clip (ViT-S-32, our own tiny configs) simply get no entry.
+    """
+    return tuple(sorted(path.stem for path in configs.glob("*.json")))
+
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "src" / "open_mclip" / "pretrained.json"
 
@@ -134,7 +71,7 @@ def main() -> None:
 
     document = {
         "_source": source_note(open_clip.__version__),
-        "pretrained": collect_entries(_PRETRAINED, architectures=ARCHITECTURES),
+        "pretrained": collect_entries(_PRETRAINED, architectures=shipped_architectures()),
     }
     args.output.write_text(render(document), encoding="utf-8")
     count = sum(len(tags) for tags in document["pretrained"].values())

@@ -119,15 +119,29 @@ def clip_tokenizer():
     return ClipTokenizer()
 
 
+FASTVIT_STAGES = {"fastvit_mci3": 5, "fastvit_mci4": 5}  # the other FastViTs have 4
+
+
+def shallow_trunk_kwargs(name: str) -> dict:
+    """timm arguments that keep a shipped trunk family's widths and cut its depth: 2 blocks, or one per stage."""
+    if name.startswith(("vit_", "eva", "vitamin_")):
+        return {"depth": 2}
+    if name.startswith("convnext_"):
+        return {"depths": (1, 1, 1, 1)}
+    if name.startswith("swin_"):
+        return {"depths": (1, 1, 2, 1)}  # a shifted-window block after a plain one in the third stage
+    if name.startswith("fastvit_"):
+        return {"layers": (1,) * FASTVIT_STAGES.get(name, 4)}
+    raise KeyError(f"no depth cut known for timm model {name!r}: add its family to shallow_trunk_kwargs")
+
+
 @pytest.fixture
 def shallow_timm(monkeypatch):
-    """timm ViT trunks (SigLIP's) at 2 blocks and their real width, for open_clip and for us: the large timm-based
-    architectures build and run in seconds."""
+    """Every shipped timm trunk family (SigLIP's and EVA's ViTs, ConvNeXt, Swin, FastViT...) at its real width and
+    cut depth, for open_clip and for us: the large timm-based architectures build and run in seconds."""
     import timm
 
     create = timm.create_model
-
-    def create_shallow(name, **kwargs):
-        return create(name, **({"depth": 2} if name.startswith("vit_") else {}), **kwargs)
-
-    monkeypatch.setattr(timm, "create_model", create_shallow)
+    monkeypatch.setattr(
+        timm, "create_model", lambda name, **kwargs: create(name, **shallow_trunk_kwargs(name), **kwargs)
+    )

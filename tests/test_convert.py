@@ -11,7 +11,7 @@ import pytest
 import torch
 from open_clip.model import convert_weights_to_lp, resize_pos_embed
 
-from open_mclip import CLIP, ModelConfig, create_model, get_model_config, to_open_clip
+from open_mclip import CLIP, ModelConfig, create_model, model_config, to_open_clip
 from open_mclip.convert import config_from_openai_state_dict, load_checkpoint, load_state_dict_strict
 from open_mclip.weights_io import is_torchscript_archive, load_weights_file, read_torchscript_tensors
 
@@ -75,7 +75,7 @@ def test_open_clip_trainer_checkpoint_with_ddp_prefix(tmp_path):
 
 
 def test_missing_and_unexpected_keys_are_listed():
-    model = CLIP(get_model_config("mclip-tiny"))
+    model = CLIP(model_config("mclip-tiny"))
     state = dict(model.state_dict())
     del state["visual.proj"]
     state["visual.extra_weight"] = torch.zeros(1)
@@ -103,10 +103,10 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_safetensors_round_trip(tmp_path):
     from safetensors.torch import save_file
 
-    model = CLIP(get_model_config("mclip-tiny"))
+    model = CLIP(model_config("mclip-tiny"))
     path = tmp_path / "open_clip_model.safetensors"
     save_file(to_open_clip(model.state_dict()), str(path))
-    clone = CLIP(get_model_config("mclip-tiny"))
+    clone = CLIP(model_config("mclip-tiny"))
     load_checkpoint(clone, path)
     for key, value in model.state_dict().items():
         assert torch.equal(clone.state_dict()[key], value)
@@ -123,8 +123,115 @@ def test_position_embedding_resized_as_open_clip_does(tmp_path):
     resize_pos_embed(expected, open_clip.model.CLIP(**copy.deepcopy(cfg)))
     with pytest.raises(ValueError, match="unexpected keys|missing keys"):  # shipped ViT-B-32 has 12 text layers
         create_model("ViT-B-32", pretrained=str(path), force_image_size=288)
-    model = CLIP(get_model_config("ViT-B-32").replace(vision={"image_size": 288}, text={"layers": 1}))
+    model = CLIP(model_config("ViT-B-32").replace(vision={"image_size": 288}, text={"layers": 1}))
     load_checkpoint(model, path)
     assert model.visual.positional_embedding.shape == (82, 768)
     resized = expected["visual.positional_embedding"]
     torch.testing.assert_close(model.visual.positional_embedding, resized, atol=1e-6, rtol=0)
+
+
+# --- load_checkpoint as open_clip's ----------------------------------------------------------------------------
+
+SMALL_CUSTOM = {
+    "embed_dim": 64,
+    "init_logit_bias": -10.0,
+    "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 64, "layers": 1, "head_width": 32},
+    "text_cfg": {"width": 64, "heads": 2, "layers": 1},
+}
+
+
+def _custom_text_pair():
+    """open_clip's CustomTextCLIP (its names are ours) and our model of the same config, different weights."""
+    ref = open_clip.model.CustomTextCLIP(**copy.deepcopy(SMALL_CUSTOM))
+    ours = CLIP(ModelConfig.from_dict(SMALL_CUSTOM, source="small"))
+    return ref, ours
+
+
+def test_load_checkpoint_signature_is_open_clips():
+    import inspect
+
+    theirs = list(inspect.signature(open_clip.load_checkpoint).parameters.values())
+    ours = list(inspect.signature(load_checkpoint).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in ours[: len(theirs)]] == [(p.name, p.kind, p.default) for p in theirs]
+    assert [(p.name, p.kind, p.default) for p in ours[len(theirs) :]] == [
+        ("assign", inspect.Parameter.KEYWORD_ONLY, False)
+    ]
+
+
+def test_load_checkpoint_returns_open_clips_incompatible_keys(tmp_path):
+    ref, ours = _custom_text_pair()
+    path = tmp_path / "full.pt"
+    torch.save(ref.state_dict(), path)
+    expected = open_clip.load_checkpoint(open_clip.model.CustomTextCLIP(**copy.deepcopy(SMALL_CUSTOM)), str(path))
+    result = load_checkpoint(ours, path)
+    assert type(result) is type(expected) and result == expected == ([], [])  # torch's _IncompatibleKeys
+    assert (result.missing_keys, result.unexpected_keys) == ([], [])
+    assert torch.equal(ours.visual.proj, ref.visual.proj)
+
+
+def test_load_checkpoint_not_strict_loads_what_matches(tmp_path):
+    ref, ours = _custom_text_pair()
+    state = dict(ref.state_dict())
+    del state["visual.proj"], state["text.ln_final.weight"]
+    state["visual.extra"] = torch.zeros(2)
+    path = tmp_path / "partial.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(state, str(path))
+    kept = ours.visual.proj.detach().clone()
+    theirs = open_clip.load_checkpoint(
+        open_clip.model.CustomTextCLIP(**copy.deepcopy(SMALL_CUSTOM)), str(path), strict=False
+    )
+    result = load_checkpoint(ours, path, strict=False)
+    assert sorted(result.missing_keys) == sorted(theirs.missing_keys) == ["text.ln_final.weight", "visual.proj"]
+    assert result.unexpected_keys == theirs.unexpected_keys == ["visual.extra"]
+    assert torch.equal(ours.visual.proj, kept)  # missing: left as it was
+    assert torch.equal(ours.visual.conv1.weight, ref.visual.conv1.weight)  # matching: loaded
+    assert torch.equal(ours.logit_bias, ref.logit_bias)
+    with pytest.raises(ValueError, match=r"missing keys \(2\): text.ln_final.weight, visual.proj"):
+        load_checkpoint(ours, path)  # strict (the default): every difference listed
+    with pytest.raises(RuntimeError):  # what open_clip's strict loading raises, too
+        load_checkpoint(ours, path, strict=True)
+
+
+def test_load_checkpoint_shape_mismatch_raises_strict_or_not(tmp_path):
+    ref, ours = _custom_text_pair()
+    state = dict(ref.state_dict())
+    state["visual.proj"] = torch.zeros(3, 3)
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    with pytest.raises(RuntimeError):  # open_clip (torch) refuses mis-shaped weights even when not strict
+        open_clip.load_checkpoint(
+            open_clip.model.CustomTextCLIP(**copy.deepcopy(SMALL_CUSTOM)), str(path), strict=False
+        )
+    with pytest.raises(ValueError, match=r"visual.proj: checkpoint \(3, 3\) vs model \(64, 64\)"):
+        load_checkpoint(ours, path, strict=False)
+
+
+def test_load_checkpoint_refuses_weights_only_false(tmp_path):
+    model = CLIP(model_config("mclip-tiny"))
+    path = tmp_path / "w.pt"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(ValueError, match="arbitrary code"):
+        load_checkpoint(model, path, weights_only=False)
+    with pytest.raises(ValueError, match="big_vision"):
+        load_checkpoint(model, tmp_path / "w.npz")
+
+
+def test_load_checkpoint_assign_on_meta(tmp_path):
+    source = CLIP(model_config("mclip-tiny"))
+    path = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(to_open_clip(source.state_dict()), str(path))
+    with torch.device("meta"):
+        model = CLIP(model_config("mclip-tiny"))
+    assert load_checkpoint(model, path, assign=True) == ([], [])
+    assert model.visual.proj.device.type == "cpu" and torch.equal(model.visual.proj, source.visual.proj)
+    with torch.device("meta"):
+        model = CLIP(model_config("mclip-tiny"))
+    state = to_open_clip(source.state_dict())
+    del state["visual.proj"]
+    save_file(state, str(path))
+    with pytest.raises(ValueError, match="assign=True needs every weight"):  # it would stay on the meta device
+        load_checkpoint(model, path, strict=False, assign=True)

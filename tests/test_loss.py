@@ -126,7 +126,7 @@ def test_output_dict():
 
 
 def test_labels_cached_per_device_and_batch_size():
-    loss_fn = ClipLoss()
+    loss_fn = ClipLoss(cache_labels=True)
     scale = torch.tensor(20.0)
     for batch in (4, 6, 4):
         image, text = unit_pairs(batch, 8, dtype=torch.float64)

@@ -24,7 +24,7 @@ def _create(model, **kwargs):
 
 
 def test_default_is_two_groups_at_one_lr():
-    model = open_mclip.CLIP(open_mclip.get_model_config("mclip-tiny"))
+    model = open_mclip.CLIP(open_mclip.model_config("mclip-tiny"))
     optimizer = _create(model)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.0, 0.2]
     assert {g["lr"] for g in optimizer.param_groups} == {1e-3}
@@ -32,7 +32,7 @@ def test_default_is_two_groups_at_one_lr():
 
 
 def test_lr_per_tower():
-    model = open_mclip.CLIP(open_mclip.get_model_config("mclip-tiny"))
+    model = open_mclip.CLIP(open_mclip.model_config("mclip-tiny"))
     lrs = _lr_of(_create(model, lr_image=1e-2, lr_text=1e-5))
     assert all(lrs[id(p)] == 1e-2 for p in model.visual.parameters())
     assert all(lrs[id(p)] == 1e-5 for p in model.text.parameters())
@@ -42,7 +42,7 @@ def test_lr_per_tower():
 @pytest.mark.parametrize("name", ["mclip-tiny", "mclip-tiny-rn"])
 def test_layer_decay_follows_depth(name):
     """Head at the full rate, block i from the top at decay**i, stem at decay**(blocks + 1), per tower."""
-    model = open_mclip.CLIP(open_mclip.get_model_config(name))
+    model = open_mclip.CLIP(open_mclip.model_config(name))
     decay = 0.5
     lrs = _lr_of(_create(model, layer_decay_image=decay, layer_decay_text=0.9, lr_text=2e-3))
     for tower, base, d in ((model.visual, 1e-3, decay), (model.text, 2e-3, 0.9)):
@@ -68,7 +68,7 @@ def test_hf_text_tower_layer_decay_counts_transformer_layers():
 
 def test_frozen_tower_is_left_out_and_groups_partition_the_trainable():
     """LiT: a locked text tower has no group; every trainable parameter is in exactly one group."""
-    model = open_mclip.CLIP(open_mclip.get_model_config("mclip-tiny"))
+    model = open_mclip.CLIP(open_mclip.model_config("mclip-tiny"))
     model.lock_text_tower(0)
     groups = param_groups(model, weight_decay=0.1, lr=1e-3, lrs=tower_lrs(model, OptimArgs(lr_image=3e-3), lr=1e-3))
     ids = [id(p) for g in groups for p in g["params"]]
@@ -79,7 +79,7 @@ def test_frozen_tower_is_left_out_and_groups_partition_the_trainable():
 
 
 def test_scheduler_scales_every_group_by_the_same_factor():
-    model = open_mclip.CLIP(open_mclip.get_model_config("mclip-tiny"))
+    model = open_mclip.CLIP(open_mclip.model_config("mclip-tiny"))
     optimizer = _create(model, lr_image=1e-2, lr_text=1e-4, layer_decay_text=0.8)
     scheduler = Scheduler(optimizer, ScheduleArgs(epochs=1, warmup=4), steps_per_epoch=20)
     for step in (0, 3, 10, 19):
@@ -91,7 +91,7 @@ def test_scheduler_scales_every_group_by_the_same_factor():
 def test_flags_reach_the_optimizer_and_bad_decay_is_named():
     cfg = parse_args(["--lr-image", "0.01", "--lr-text", "1e-5", "--layer-decay-text", "0.75"]).optim
     assert (cfg.lr_image, cfg.lr_text, cfg.layer_decay_text, cfg.layer_decay_image) == (0.01, 1e-5, 0.75, 1.0)
-    model = open_mclip.CLIP(open_mclip.get_model_config("mclip-tiny"))
+    model = open_mclip.CLIP(open_mclip.model_config("mclip-tiny"))
     with pytest.raises(ValueError, match="layer-decay-image"):
         _create(model, layer_decay_image=1.5)
 
@@ -99,7 +99,7 @@ def test_flags_reach_the_optimizer_and_bad_decay_is_named():
 def test_a_training_step_moves_towers_at_their_own_rates():
     """One AdamW step (first step moves each weight by about lr) with lr_text = 0 leaves the text tower unchanged."""
     torch.manual_seed(0)
-    model = open_mclip.CLIP(open_mclip.get_model_config("mclip-tiny"))
+    model = open_mclip.CLIP(open_mclip.model_config("mclip-tiny"))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = _create(model, lr_image=1e-2, lr_text=0.0)
     images, texts = torch.randn(4, 3, 32, 32), torch.randint(1, 49000, (4, 77))

@@ -80,7 +80,7 @@ def test_unavailable_device_names_the_ones_that_exist():
 
 
 def test_no_weight_decay_on_gains_biases_embeddings_and_scale():
-    model = open_mclip.CLIP(open_mclip.get_model_config("mclip-tiny"))
+    model = open_mclip.CLIP(open_mclip.model_config("mclip-tiny"))
     skip = no_decay_names(model)
     for name in ("logit_scale", "text.token_embedding.weight", "text.positional_embedding",
                  "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre.weight",
@@ -117,7 +117,7 @@ def test_accumulation_gives_the_update_of_the_whole_batch():
     SGD shows the update: Adam's first step is lr * sign(grad), which turns float noise on parameters whose true
     gradient is zero (the key bias of attention) into full-size steps of either sign."""
     torch.manual_seed(0)
-    base = open_mclip.CLIP(open_mclip.get_model_config("mclip-tiny")).train()
+    base = open_mclip.CLIP(open_mclip.model_config("mclip-tiny")).train()
     images = torch.randn(16, 3, 32, 32)
     texts = torch.randint(1, 49000, (16, 77))
     texts[:, 9] = 49407

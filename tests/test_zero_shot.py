@@ -24,7 +24,7 @@ def test_classifier_matches_open_clip():
     load_state_dict_strict(ours, from_open_clip(ref.state_dict()), source="ref")
     tokenizer = open_mclip.get_tokenizer("ViT-B-32")
     expected = oc_build(ref, tokenizer, CLASSES, TEMPLATES, num_classes_per_batch=3, use_tqdm=False)
-    got = build_zero_shot_classifier(ours, tokenizer, CLASSES, TEMPLATES, batch_size=4)
+    got = build_zero_shot_classifier(ours, tokenizer, CLASSES, TEMPLATES, num_classes_per_batch=4)
     assert got.shape == (32, len(CLASSES))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(got.norm(dim=0), torch.ones(len(CLASSES)))

@@ -35,6 +35,12 @@ def _from_dict(cls: type, data: dict[str, Any], source: str) -> Any:
     return obj
 
 
+def _optional_bool(value: Any, where: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{where}={value!r} must be true, false or null")
+    return value
+
+
 def _check_choice(source: str, name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{source}: {name}={value!r} is not one of {list(choices)}")
@@ -268,6 +274,30 @@ class ModelConfig:
     init_logit_scale: float = INIT_LOGIT_SCALE
     init_logit_bias: float | None = None
     preprocess: dict = field(default_factory=dict)  # PreprocessConfig overrides (mean, std, resize_mode, ...)
+    # open_clip's model class for this architecture, kept so that configs round-trip through open_clip's schema;
+    # it only decides the key layout of exports (our CLIP is one class). None: open_clip's usual choice
+    # (`open_clip_custom_text`: CustomTextCLIP for Hugging Face text towers and for SigLIP-style models with a logit
+    # bias, CLIP otherwise); True/False only where it differs from that (an equal value is stored as None).
+    custom_text: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.custom_text is not None and self.custom_text == self.open_clip_custom_text_default:
+            self.custom_text = None
+        if self.custom_text is False and isinstance(self.text, HFTextConfig):
+            raise ValueError(
+                "custom_text=False is impossible with a Hugging Face text tower: open_clip builds such models as "
+                "CustomTextCLIP (text tower under 'text.') only"
+            )
+
+    @property
+    def open_clip_custom_text_default(self) -> bool:
+        """open_clip's usual class choice: CustomTextCLIP for Hugging Face text towers and logit-bias models."""
+        return isinstance(self.text, HFTextConfig) or self.init_logit_bias is not None
+
+    @property
+    def open_clip_custom_text(self) -> bool:
+        """True where open_clip builds this architecture as CustomTextCLIP (text weights under `text.`)."""
+        return self.open_clip_custom_text_default if self.custom_text is None else self.custom_text
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "<dict>") -> ModelConfig:
@@ -291,6 +321,7 @@ class ModelConfig:
             init_logit_scale=float(data.get("init_logit_scale", INIT_LOGIT_SCALE)),
             init_logit_bias=data.get("init_logit_bias"),
             preprocess=dict(data.get("preprocess", {})),
+            custom_text=_optional_bool(data.get("custom_text"), f"{source}: custom_text"),
         )
 
     @classmethod
@@ -313,6 +344,8 @@ class ModelConfig:
             out["init_logit_bias"] = self.init_logit_bias
         if self.preprocess:
             out["preprocess"] = dict(self.preprocess)
+        if self.custom_text is not None:
+            out["custom_text"] = self.custom_text
         return out
 
     def replace(self, *, vision: dict[str, Any] | None = None, text: dict[str, Any] | None = None) -> ModelConfig:

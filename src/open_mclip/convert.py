@@ -2,7 +2,8 @@
 
 Our parameter names equal open_clip's `CustomTextCLIP` names (`visual.*`, `text.*`, `logit_scale`), so the
 only structural change is open_clip's `CLIP` layout (and OpenAI's), which keeps the text tower at the top
-level. Loading is strict: every key consumed and none missing, or a ValueError that lists them.
+level. Loading is strict by default: every key consumed and none missing, or an error that lists them;
+`load_checkpoint` has open_clip's signature and return value (torch's `_IncompatibleKeys`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.module import _IncompatibleKeys
 
 from .config import ModelConfig, ModifiedResNetConfig, TextTransformerConfig, ViTConfig
 from .weights_io import load_weights_file
@@ -94,14 +96,17 @@ def resize_position_embedding(state_dict: dict[str, torch.Tensor], model: torch.
     state_dict[key] = torch.cat([cls_pos, patch_pos], dim=0)
 
 
-def load_state_dict_strict(
-    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, assign: bool = False
-) -> None:
-    """Load our-layout weights; raise ValueError listing missing, unexpected and mis-shaped keys.
+class CheckpointMismatchError(ValueError, RuntimeError):
+    """A checkpoint's keys or shapes do not fit the model; the message lists every difference.
 
-    `assign=True` adopts the checkpoint's tensors (for a model built on the meta device, which skips random
-    initialisation); floating tensors are then made float32, as a freshly built model is.
+    A ValueError (bad input) that is also a RuntimeError, the type open_clip's loading raises (torch's
+    `load_state_dict`), so code written for either catches it.
     """
+
+
+def _fit_to_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The adjustments open_clip makes before loading: scalar/1-element logit scale and bias, a zero logit bias for
+    CLIP weights in a SigLIP-style model, and the ViT position grid resized to the model's image size."""
     state_dict = dict(state_dict)
     own = model.state_dict()
     for key in ("logit_scale", "logit_bias"):  # open_clip's nonscalar_logit_scale stores shape (1,)
@@ -110,6 +115,24 @@ def load_state_dict_strict(
     if "logit_bias" in own and "logit_bias" not in state_dict and "logit_scale" in state_dict:
         state_dict["logit_bias"] = torch.zeros_like(own["logit_bias"])  # CLIP weights into a SigLIP-style model
     resize_position_embedding(state_dict, model)
+    return state_dict
+
+
+def _mismatch_message(source: str, *, missing: list[str], unexpected: list[str], shapes: list[str]) -> str:
+    parts = [f"{source} does not match the model:"]
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if keys:
+            parts.append(f"  {label} ({len(keys)}): {', '.join(keys[:40])}{' ...' if len(keys) > 40 else ''}")
+    return "\n".join(parts)
+
+
+def _load_state_dict(
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, strict: bool, assign: bool
+) -> _IncompatibleKeys:
+    """Load our-layout weights. Mis-shaped keys always raise (as torch's `load_state_dict` does, strict or not);
+    missing and unexpected keys raise when `strict`, else they are returned."""
+    state_dict = _fit_to_model(model, state_dict)
+    own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     shapes = sorted(
@@ -117,17 +140,56 @@ def load_state_dict_strict(
         for k in set(own) & set(state_dict)
         if state_dict[k].shape != own[k].shape
     )
-    if missing or unexpected or shapes:
-        parts = [f"{source} does not match the model:"]
-        for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-            if keys:
-                parts.append(f"  {label} ({len(keys)}): {', '.join(keys[:40])}{' ...' if len(keys) > 40 else ''}")
-        raise ValueError("\n".join(parts))
-    model.load_state_dict(state_dict, strict=True, assign=assign)
+    if shapes or (strict and (missing or unexpected)):
+        raise CheckpointMismatchError(_mismatch_message(source, missing=missing, unexpected=unexpected, shapes=shapes))
+    if assign and missing:  # those parameters would stay on the meta device, without values
+        raise CheckpointMismatchError(
+            _mismatch_message(f"{source} (assign=True needs every weight)", missing=missing, unexpected=[], shapes=[])
+        )
+    result = model.load_state_dict(state_dict, strict=strict, assign=assign)
     if assign:
         model.float()
+    return result
 
 
-def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *, assign: bool = False) -> None:
-    """Load an open_clip, OpenAI or open_mclip checkpoint file into `model`, strictly."""
-    load_state_dict_strict(model, from_open_clip(load_weights_file(path)), source=os.fspath(path), assign=assign)
+def load_state_dict_strict(
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], *, source: str, assign: bool = False
+) -> None:
+    """Load our-layout weights; raise `CheckpointMismatchError` (a ValueError) listing missing, unexpected and
+    mis-shaped keys.
+
+    `assign=True` adopts the checkpoint's tensors (for a model built on the meta device, which skips random
+    initialisation); floating tensors are then made float32, as a freshly built model is.
+    """
+    _load_state_dict(model, state_dict, source=source, strict=True, assign=assign)
+
+
+def load_checkpoint(
+    model: torch.nn.Module,
+    checkpoint_path: str | os.PathLike,
+    strict: bool = True,
+    weights_only: bool = True,
+    device: str | torch.device = "cpu",
+    *,
+    assign: bool = False,
+) -> _IncompatibleKeys:
+    """Load an open_clip (either layout), OpenAI or open_mclip checkpoint file into `model`, as open_clip's does.
+
+    Returns torch's `_IncompatibleKeys(missing_keys, unexpected_keys)`: empty when `strict` (any difference raises
+    `CheckpointMismatchError`, listing them all); with `strict=False` what matches is loaded and the rest returned.
+    Mis-shaped keys raise either way, as in open_clip. `device` is where the checkpoint's tensors are read to.
+    `weights_only=False` is refused: every format (safetensors, torch pickles, OpenAI's TorchScript archives) is
+    read without unpickling code. `assign` (ours) adopts the checkpoint's tensors, for a model on the meta device.
+    """
+    path = os.fspath(checkpoint_path)
+    if not weights_only:
+        raise ValueError(
+            "load_checkpoint(weights_only=False) is refused: it would let the checkpoint run arbitrary code when "
+            "unpickled, and open_mclip reads every checkpoint format (safetensors, torch pickles, OpenAI TorchScript "
+            "archives) without that; pass weights_only=True"
+        )
+    if path.endswith((".npz", ".npy")):
+        raise ValueError(f"{path}: big_vision numpy checkpoints (.npz/.npy) are not supported; convert them first")
+    state_dict = from_open_clip(load_weights_file(path))
+    state_dict = {key: value.to(device) for key, value in state_dict.items()}  # a no-op where they already are
+    return _load_state_dict(model, state_dict, source=path, strict=strict, assign=assign)

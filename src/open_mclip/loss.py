@@ -46,6 +46,12 @@ def _check_pairs(image_features: Tensor, text_features: Tensor) -> None:
         )
 
 
+def _check_bias(logit_bias: object) -> None:
+    """A bool in the logit-bias position is a mistaken `output_dict` (open_clip 3.3 would add it as +1)."""
+    if isinstance(logit_bias, bool):
+        raise TypeError(f"logit_bias={logit_bias!r} is not a bias; pass output_dict={logit_bias!r} by name")
+
+
 def _autograd_collective(name: str, *args: object) -> object:
     """Call an autograd-aware collective from `torch.distributed.nn.functional`, whose backward is the adjoint
     collective. The module warns that it is deprecated in favour of a private API; it remains the public one."""
@@ -56,20 +62,26 @@ def _autograd_collective(name: str, *args: object) -> object:
         return getattr(dist_nn, name)(*args)
 
 
+def _refuse_horovod(use_horovod: bool) -> None:
+    if use_horovod:
+        raise ValueError("use_horovod=True: Horovod is not supported; torch.distributed (any backend) is used instead")
+
+
 def gather_features(
     image_features: Tensor,
     text_features: Tensor,
-    *,
-    local_loss: bool,
-    gather_with_grad: bool,
-    rank: int,
-    world_size: int,
+    local_loss: bool = False,
+    gather_with_grad: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    use_horovod: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """All-gather both feature sets in rank order: (n, d) each -> (n * world_size, d) each.
 
     With `gather_with_grad` every rank's loss sends gradient to every shard. Without it only this rank's shard keeps
     its gradient, put back in place unless `local_loss` (whose rows already carry it), as open_clip does.
     """
+    _refuse_horovod(use_horovod)
     if gather_with_grad:
         image_shards = _autograd_collective("all_gather", image_features)
         text_shards = _autograd_collective("all_gather", text_features)
@@ -93,14 +105,15 @@ class ClipLoss(nn.Module):
 
     def __init__(
         self,
-        *,
         local_loss: bool = False,
         gather_with_grad: bool = False,
+        cache_labels: bool = False,
         rank: int = 0,
         world_size: int = 1,
-        cache_labels: bool = True,
+        use_horovod: bool = False,
     ) -> None:
         super().__init__()
+        _refuse_horovod(use_horovod)
         _check_rank(rank=rank, world_size=world_size)
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
@@ -109,7 +122,7 @@ class ClipLoss(nn.Module):
         self.cache_labels = cache_labels
         self._labels: dict[tuple[torch.device, int], Tensor] = {}
 
-    def labels(self, device: torch.device, num_rows: int) -> Tensor:
+    def get_ground_truth(self, device: torch.device, num_rows: int) -> Tensor:
         """Column index of each logit row's positive: the row itself, offset by this rank's rows for local loss."""
         key = (device, num_rows)
         labels = self._labels.get(key)
@@ -120,7 +133,7 @@ class ClipLoss(nn.Module):
                 self._labels[key] = labels
         return labels
 
-    def logits(
+    def get_logits(
         self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor, logit_bias: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Logits per image and per text, (rows, columns) each, gathering other ranks' features when distributed."""
@@ -153,15 +166,66 @@ class ClipLoss(nn.Module):
         text_features: Tensor,
         logit_scale: Tensor,
         logit_bias: Tensor | None = None,
-        *,
         output_dict: bool = False,
     ) -> Tensor | dict[str, Tensor]:
         """Mean of the image->text and text->image cross entropies; `logit_scale` is already exponentiated."""
+        _check_bias(logit_bias)
         _check_pairs(image_features, text_features)
-        per_image, per_text = self.logits(image_features, text_features, logit_scale, logit_bias)
-        labels = self.labels(per_image.device, per_image.shape[0])
+        per_image, per_text = self.get_logits(image_features, text_features, logit_scale, logit_bias)
+        return self._contrastive(per_image, per_text, output_dict=output_dict)
+
+    def _contrastive(self, per_image: Tensor, per_text: Tensor, *, output_dict: bool) -> Tensor | dict[str, Tensor]:
+        labels = self.get_ground_truth(per_image.device, per_image.shape[0])
         loss = (F.cross_entropy(per_image, labels) + F.cross_entropy(per_text, labels)) / 2
         return {"contrastive_loss": loss} if output_dict else loss
+
+
+class DistillClipLoss(ClipLoss):
+    """CLIP's loss plus distillation from a teacher: the cross entropy of the student's logits against the teacher's
+    softmax over the same batch, averaged over both directions (open_clip's `DistillClipLoss`)."""
+
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor,
+        dist_image_features: Tensor,
+        dist_text_features: Tensor,
+        dist_logit_scale: Tensor,
+        output_dict: bool = False,
+    ) -> tuple[Tensor, Tensor] | dict[str, Tensor]:
+        """(contrastive loss, distillation loss), or a dict of both with `output_dict`."""
+        _check_pairs(image_features, text_features)
+        per_image, per_text = self.get_logits(image_features, text_features, logit_scale)
+        teacher_image, teacher_text = self.get_logits(dist_image_features, dist_text_features, dist_logit_scale)
+        contrastive = self._contrastive(per_image, per_text, output_dict=False)
+        distill = (_soft_cross_entropy(teacher_image, per_image) + _soft_cross_entropy(teacher_text, per_text)) / 2
+        if output_dict:
+            return {"contrastive_loss": contrastive, "distill_loss": distill}
+        return contrastive, distill
+
+
+def _soft_cross_entropy(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
+    """Mean over rows of -sum(softmax(teacher) * log_softmax(student))."""
+    return -(teacher_logits.softmax(dim=1) * student_logits.log_softmax(dim=1)).sum(dim=1).mean(dim=0)
+
+
+class CoCaLoss(ClipLoss):
+    """open_clip's CoCa loss (contrastive + captioning). CoCa models are not implemented here, so it is refused."""
+
+    def __init__(
+        self,
+        caption_loss_weight: float,
+        clip_loss_weight: float,
+        pad_id: int = 0,
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        cache_labels: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        use_horovod: bool = False,
+    ) -> None:
+        raise NotImplementedError("CoCaLoss: CoCa (captioning) models are not supported by open_mclip")
 
 
 def _sigmoid_loss(
@@ -211,9 +275,12 @@ class SigLipLoss(nn.Module):
     "gather" (all-gather). Each rank's loss is its share; the mean over ranks is the global loss.
     """
 
-    def __init__(self, *, rank: int = 0, world_size: int = 1, dist_impl: str = "bidir") -> None:
+    def __init__(
+        self, cache_labels: bool = False, rank: int = 0, world_size: int = 1, dist_impl: str | None = None
+    ) -> None:
         super().__init__()
         _check_rank(rank=rank, world_size=world_size)
+        dist_impl = dist_impl or "bidir"
         if dist_impl not in SIGLIP_DIST_IMPLS:
             raise ValueError(f"unknown SigLIP dist_impl {dist_impl!r}; choose one of {SIGLIP_DIST_IMPLS}")
         self.rank = rank
@@ -226,10 +293,10 @@ class SigLipLoss(nn.Module):
         text_features: Tensor,
         logit_scale: Tensor,
         logit_bias: Tensor | None,
-        *,
         output_dict: bool = False,
     ) -> Tensor | dict[str, Tensor]:
         """Loss of this rank's images against its own texts (positives on the diagonal) and all other ranks' texts."""
+        _check_bias(logit_bias)
         _check_pairs(image_features, text_features)
         loss = _sigmoid_loss(image_features, text_features, logit_scale, logit_bias, paired=True)
         if self.world_size > 1:
@@ -281,7 +348,13 @@ def create_loss(
     """Build the training loss by name. `local_loss` and `gather_with_grad` apply to "clip" only, and
     `siglip_dist_impl` (None means "bidir") to "siglip" only."""
     if kind == "clip":
-        return ClipLoss(local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank, world_size=world_size)
+        return ClipLoss(
+            local_loss=local_loss,
+            gather_with_grad=gather_with_grad,
+            cache_labels=True,
+            rank=rank,
+            world_size=world_size,
+        )
     if kind == "siglip":
         return SigLipLoss(rank=rank, world_size=world_size, dist_impl=siglip_dist_impl or "bidir")
     raise ValueError(f"unknown loss kind {kind!r}; choose one of {LOSS_KINDS}")

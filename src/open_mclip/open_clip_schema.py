@@ -1,4 +1,5 @@
-"""Translate open_clip's model-config schema (``vision_cfg``/``text_cfg``) into ours.
+"""Translate open_clip's model-config schema (``vision_cfg``/``text_cfg``) into ours, and back
+(`to_open_clip_config`).
 
 open_clip infers the tower type from the shape of fields (``layers`` as a list means ModifiedResNet,
 ``timm_model_name`` means timm); here that inference happens once, at the boundary, and our configs carry an
@@ -7,7 +8,11 @@ explicit ``type``. Features we do not implement fail with the file and key named
 
 from __future__ import annotations
 
+import copy
 from typing import Any
+
+from .config import HF_POOLER_ALIASES, HFTextConfig, ModelConfig, ModifiedResNetConfig, TimmConfig, TowerConfig
+from .constants import INIT_LOGIT_SCALE
 
 # open_clip keys that are accepted only while they hold their "feature off" value
 _OFF_VALUES: dict[str, tuple] = {
@@ -151,6 +156,7 @@ def _text(cfg: dict, *, quick_gelu: bool, source: str) -> dict:
 
 def convert_open_clip_config(data: dict[str, Any], *, source: str) -> dict[str, Any]:
     """Return our-schema dict for an open_clip config dict; raise ValueError naming `source` and the key."""
+    custom_text = data.get("custom_text", False)  # open_clip's model class: kept so the config travels back
     data = _take_off_values(dict(data), source, "config")
     quick_gelu = bool(data.pop("quick_gelu", False))
     if "multimodal_cfg" in data:
@@ -169,4 +175,118 @@ def convert_open_clip_config(data: dict[str, Any], *, source: str) -> dict[str, 
         raise _unsupported(source, "config", key, data[key])
     if preprocess:
         out["preprocess"] = preprocess
+    if out["text"]["type"] != "hf":  # open_clip builds every Hugging Face text tower as CustomTextCLIP
+        out["custom_text"] = custom_text  # ModelConfig keeps it only where it differs from open_clip's usual class
     return out
+
+
+# --------------------------------------------------------------------------------- ours -> open_clip's schema
+
+_TIMM_FIELDS = {ours: theirs for theirs, ours in _TIMM_KEYS.items()}  # our timm field -> open_clip's vision_cfg key
+_HF_POOLER_NAMES = {ours: theirs for theirs, ours in HF_POOLER_ALIASES.items()}  # "mean" -> "mean_pooler"
+
+
+def _inexpressible(where: str, detail: str) -> ValueError:
+    return ValueError(f"{where}: {detail}; open_clip's config schema cannot express this")
+
+
+def _quick_gelu(cfg: ModelConfig) -> bool:
+    """open_clip's one `quick_gelu` flag from our towers' `act` (towers without an activation choice don't count)."""
+    acts = {name: tower.act for name, tower in (("vision", cfg.vision), ("text", cfg.text)) if hasattr(tower, "act")}
+    if len(set(acts.values())) > 1:
+        raise _inexpressible("act", f"the towers use different activations {acts}; one quick_gelu flag serves both")
+    return "quick_gelu" in acts.values()
+
+
+def _move_norm_eps(fields: dict[str, Any]) -> None:
+    if "norm_eps" in fields:
+        fields["norm_kwargs"] = {"eps": fields.pop("norm_eps")}
+
+
+def _vision_to_open_clip(vision: TowerConfig) -> dict[str, Any]:
+    """open_clip's vision_cfg; `to_dict` leaves out our defaults, which equal open_clip's."""
+    fields = vision.to_dict()
+    fields.pop("type")
+    fields.pop("act", None)  # the model-level quick_gelu flag
+    if isinstance(vision, TimmConfig):
+        return {_TIMM_FIELDS[key]: value for key, value in fields.items()}
+    if isinstance(vision, ModifiedResNetConfig):
+        return {**fields, "patch_size": None}  # open_clip's names already; its JSON files say patch_size null
+    _move_norm_eps(fields)  # ViT
+    return fields
+
+
+def _transformer_text_to_open_clip(fields: dict[str, Any]) -> dict[str, Any]:
+    fields.pop("type")
+    fields.pop("act", None)  # the model-level quick_gelu flag
+    if not fields.pop("causal", True):
+        fields["no_causal_mask"] = True
+    tokenizer = fields.pop("tokenizer", "clip")
+    if tokenizer != "clip":
+        fields["hf_tokenizer_name"] = tokenizer
+    _move_norm_eps(fields)
+    return fields
+
+
+def _hf_text_to_open_clip(text: HFTextConfig) -> dict[str, Any]:
+    """open_clip's HFTextEncoder text_cfg; our options it lacks raise ValueError naming them."""
+    where = "text (hf)"
+    if text.model_type:
+        raise _inexpressible(
+            where,
+            f"model_type={text.model_type!r} builds the Hugging Face model from a config without a name or folder, "
+            "and open_clip needs hf_model_name (save the config with transformers' save_pretrained and set "
+            "model_name to that folder)",
+        )
+    if text.model_kwargs:
+        raise _inexpressible(where, f"model_kwargs={text.model_kwargs!r} overrides the Hugging Face config")
+    if text.proj_type == "residual_mlp":
+        raise _inexpressible(where, f"proj_type 'residual_mlp' (proj_layers={text.proj_layers}) is not open_clip's")
+    if text.proj_bias:
+        raise _inexpressible(where, "proj_bias=True: open_clip's Hugging Face projections have no bias")
+    if text.pooler_type not in _HF_POOLER_NAMES:
+        raise _inexpressible(where, f"pooler_type {text.pooler_type!r} has no open_clip pooler")
+    out: dict[str, Any] = {
+        "hf_model_name": text.model_name,
+        "hf_tokenizer_name": text.tokenizer_name,  # open_clip's get_tokenizer needs it named (empty: CLIP BPE)
+        "hf_proj_type": None if text.proj_type == "none" else text.proj_type,
+        "hf_pooler_type": _HF_POOLER_NAMES[text.pooler_type],
+        "context_length": text.context_length,
+    }
+    if not text.pretrained:
+        out["hf_model_pretrained"] = False
+    if text.tokenizer_kwargs:
+        out["tokenizer_kwargs"] = dict(text.tokenizer_kwargs)
+    return out
+
+
+def to_open_clip_config(cfg: ModelConfig) -> dict[str, Any]:
+    """open_clip's model config dict (its `model_configs/*.json` schema) for `cfg`.
+
+    `open_clip.create_model` builds the same architecture from it (the same state-dict keys and shapes), and
+    `ModelConfig.from_dict` reads it back to `cfg`; the one normalisation is that a Hugging Face text tower's default
+    tokenizer (empty `tokenizer`: its `model_name`) is written out, as open_clip needs it named. `cfg.preprocess`
+    is not part of open_clip's model config: it travels as the `preprocess_cfg` of an `open_clip_config.json`
+    (`open_mclip.push_to_hf_hub.save_pretrained`). Options open_clip lacks raise ValueError naming them.
+    """
+    out: dict[str, Any] = {"embed_dim": cfg.embed_dim}
+    if _quick_gelu(cfg):
+        out["quick_gelu"] = True
+    if cfg.init_logit_scale != INIT_LOGIT_SCALE:
+        out["init_logit_scale"] = cfg.init_logit_scale
+    if cfg.init_logit_bias is not None:
+        out["init_logit_bias"] = cfg.init_logit_bias
+    if cfg.open_clip_custom_text:
+        out["custom_text"] = True
+    out["vision_cfg"] = _vision_to_open_clip(cfg.vision)
+    if isinstance(cfg.text, HFTextConfig):
+        out["text_cfg"] = _hf_text_to_open_clip(cfg.text)
+    else:
+        out["text_cfg"] = _transformer_text_to_open_clip(cfg.text.to_dict())
+    return copy.deepcopy(out)  # nothing shared with `cfg` (tokenizer_kwargs are dicts)
+
+
+def open_clip_layout(model_cfg: dict[str, Any]) -> str:
+    """The state-dict layout open_clip builds from its model config: "custom_text" (CustomTextCLIP) or "clip"."""
+    hf_text = bool((model_cfg.get("text_cfg") or {}).get("hf_model_name"))
+    return "custom_text" if model_cfg.get("custom_text") or hf_text else "clip"

@@ -90,7 +90,7 @@ def is_pretrained_cfg(model: str, tag: str) -> bool:
     return _clean_tag(tag) in _registry().get(model, {})
 
 
-def get_pretrained_cfg(model: str, tag: str) -> dict[str, Any]:
+def pretrained_cfg(model: str, tag: str) -> dict[str, Any]:
     """A copy of the registry entry for (model, tag): hub location, url, preprocessing, quick_gelu.
 
     Tags match case-insensitively with '-' and '_' equal. Unknown names raise ``ValueError`` with suggestions.
@@ -110,6 +110,17 @@ def get_pretrained_cfg(model: str, tag: str) -> dict[str, Any]:
         if field in cfg:
             cfg[field] = tuple(cfg[field])  # open_clip keeps mean/std as tuples
     return cfg
+
+
+def get_pretrained_cfg(model: str, tag: str) -> dict[str, Any]:
+    """open_clip's lookup: the registry entry for (model, tag), or ``{}`` when there is none (``pretrained_cfg``
+    raises with suggestions instead)."""
+    return pretrained_cfg(model, tag) if is_pretrained_cfg(model, tag) else {}
+
+
+def get_pretrained_url(model: str, tag: str) -> str:
+    """The plain download URL of (model, tag), or '' when it has none (most weights are on the hub)."""
+    return get_pretrained_cfg(model, tag).get("url", "")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -177,19 +188,32 @@ def download_from_hf(
     ) from last_error
 
 
-def resolve_hf_hub(name: str, *, cache_dir: str | None = None) -> tuple[dict[str, Any], str]:
-    """For a model named 'hf-hub:org/repo': its parsed open_clip_config.json and the path of its weights."""
-    repo_id = name[len(HF_HUB_PREFIX) :] if name.startswith(HF_HUB_PREFIX) else name
-    repo_id, filename = split_hf_hub(repo_id)
+def _hub_repo(name: str) -> str:
+    """The repo id of a model named 'hf-hub:org/repo' (or 'org/repo')."""
+    repo_id, filename = split_hf_hub(name.removeprefix(HF_HUB_PREFIX))
     if filename is not None:
         raise ValueError(f"{name!r} names a file; give the repo only, as 'hf-hub:{repo_id}'")
+    return repo_id
+
+
+def hf_hub_config(name: str, *, cache_dir: str | None = None) -> dict[str, Any]:
+    """The parsed open_clip_config.json of a model named 'hf-hub:org/repo'."""
+    repo_id = _hub_repo(name)
     config_path = download_from_hf(repo_id, filename=HF_CONFIG_NAME, cache_dir=cache_dir, prefer_safetensors=False)
-    with open(config_path, encoding="utf-8") as handle:
-        config = json.load(handle)
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path} (from hub repo {repo_id!r}) is not valid JSON: {err}") from err
     if not isinstance(config, dict) or "model_cfg" not in config:
         raise ValueError(f"{config_path} (from hub repo {repo_id!r}) has no 'model_cfg'; it is not an open_clip config")
-    weights_path = download_from_hf(repo_id, cache_dir=cache_dir)
-    return config, weights_path
+    return config
+
+
+def resolve_hf_hub(name: str, *, cache_dir: str | None = None) -> tuple[dict[str, Any], str]:
+    """For a model named 'hf-hub:org/repo': its parsed open_clip_config.json and the path of its weights."""
+    config = hf_hub_config(name, cache_dir=cache_dir)
+    return config, download_from_hf(_hub_repo(name), cache_dir=cache_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -272,18 +296,18 @@ def _fetch_verified(url: str, *, target: Path, expected: str, timeout: float) ->
 
 def download_pretrained(
     cfg: dict[str, Any],
-    *,
-    cache_dir: str | None = None,
-    prefer_safetensors: bool = True,
     prefer_hf_hub: bool = True,
+    cache_dir: str | None = None,
+    *,
+    prefer_safetensors: bool = True,
 ) -> str:
-    """Fetch the weights a registry entry points at and return their local path.
+    """Fetch the weights a registry entry points at and return their local path ('' for an empty entry, as open_clip).
 
     A 'file' entry is returned as is; the hub location is used before the URL (as in open_clip) unless
     ``prefer_hf_hub`` is false.
     """
     if not cfg:
-        raise ValueError("Empty pretrained cfg; get one with get_pretrained_cfg(model, tag)")
+        return ""
     if cfg.get("file"):
         return str(cfg["file"])
     hub, url = cfg.get("hf_hub", ""), cfg.get("url", "")
@@ -303,7 +327,7 @@ def resolve_pretrained(model: str, pretrained: str, *, cache_dir: str | None = N
     if not pretrained:
         raise ValueError(f"pretrained must be a tag or a file path, got {pretrained!r}")
     if is_pretrained_cfg(model, pretrained):
-        cfg = get_pretrained_cfg(model, pretrained)
+        cfg = pretrained_cfg(model, pretrained)
         return download_pretrained(cfg, cache_dir=cache_dir), cfg
     if os.path.isfile(pretrained):
         return pretrained, {}
@@ -313,3 +337,30 @@ def resolve_pretrained(model: str, pretrained: str, *, cache_dir: str | None = N
     else:
         message = close_matches_message(model, _registry(), "model with pretrained weights")
     raise ValueError(f"{message} {pretrained!r} is not an existing file either.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# open_clip's names for the helpers above
+
+
+def download_pretrained_from_url(url: str, cache_dir: str | None = None) -> str:
+    """open_clip's name for :func:`download_url` (same cache folder and sha256 rule)."""
+    return download_url(url, cache_dir=cache_dir)
+
+
+def download_pretrained_from_hf(
+    model_id: str, filename: str | None = None, revision: str | None = None, cache_dir: str | None = None
+) -> str:
+    """open_clip's name for :func:`download_from_hf` (a safetensors twin is preferred)."""
+    return download_from_hf(model_id, filename=filename, revision=revision, cache_dir=cache_dir)
+
+
+def has_hf_hub(necessary: bool = False) -> bool:
+    """Whether huggingface_hub is importable (a dependency of open_mclip, so normally True)."""
+    try:
+        import huggingface_hub  # noqa: F401
+    except ImportError:
+        if necessary:
+            raise RuntimeError("this needs the Hugging Face hub client: pip install huggingface_hub") from None
+        return False
+    return True

@@ -85,6 +85,7 @@ def add_model_config(path: str | os.PathLike) -> None:
     _REGISTRY.add(path)
 
 
-def get_model_config(name: str) -> ModelConfig:
-    """The `ModelConfig` of a named architecture (a copy: changing it changes nothing else)."""
+def model_config(name: str) -> ModelConfig:
+    """The typed `ModelConfig` of a named architecture (a copy: changing it changes nothing else); an unknown name is
+    a ValueError naming the closest ones. open_clip's dict form is `open_mclip.get_model_config(name)`."""
     return _REGISTRY.get(name)

@@ -26,6 +26,8 @@ __all__ = [
     "DEFAULT_CONTEXT_LENGTH",
     "ClipTokenizer",
     "HFTokenizer",
+    "SimpleTokenizer",
+    "decode",
     "canonicalize_text",
     "get_clean_fn",
     "tokenize",
@@ -137,8 +139,9 @@ class _BpeVocab:
 
 
 @lru_cache(maxsize=4)
-def _load_bpe_vocab(path: str) -> _BpeVocab:
-    """Parse a CLIP merges file (gzip text: a header line, then one "a b" merge per line)."""
+def _load_bpe_vocab(path: str, specials: tuple[str, ...] = _SPECIAL_TOKENS) -> _BpeVocab:
+    """Parse a CLIP merges file (gzip text: a header line, then one "a b" merge per line); `specials` take the
+    last ids, in order."""
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         lines = handle.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]
@@ -146,7 +149,7 @@ def _load_bpe_vocab(path: str) -> _BpeVocab:
         raise ValueError(f"{path} is not a CLIP BPE merges file: need {_NUM_MERGES} 'a b' lines after the header")
     byte_symbols = list(_byte_to_char().values())
     symbols = byte_symbols + [s + _WORD_SUFFIX for s in byte_symbols] + ["".join(p) for p in merges]
-    symbols += _SPECIAL_TOKENS
+    symbols += specials
     return _BpeVocab(
         encoder={symbol: index for index, symbol in enumerate(symbols)},
         decoder=symbols,
@@ -156,12 +159,12 @@ def _load_bpe_vocab(path: str) -> _BpeVocab:
     )
 
 
-@lru_cache(maxsize=1)
-def _word_pattern() -> regex.Pattern:
+@lru_cache(maxsize=4)
+def _word_pattern(specials: tuple[str, ...] = _SPECIAL_TOKENS) -> regex.Pattern:
     """CLIP's pre-tokenisation: special tokens, English contractions, letter runs, single digits, other runs."""
-    specials = "|".join(regex.escape(token) for token in _SPECIAL_TOKENS)
+    alternatives = "|".join(regex.escape(token) for token in specials)
     return regex.compile(
-        specials + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+        alternatives + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
         regex.IGNORECASE,
     )
 
@@ -205,13 +208,15 @@ class ClipTokenizer:
         vocab_path: str | Path | None = None,
         context_length: int = DEFAULT_CONTEXT_LENGTH,
         clean: str = "lower",
+        additional_special_tokens: Sequence[str] = (),
     ) -> None:
         self.context_length = _check_context_length(context_length)
         self.clean = clean
         self.vocab_path = str(vocab_path) if vocab_path is not None else str(_DEFAULT_VOCAB)
+        self.special_tokens = (*_SPECIAL_TOKENS, *additional_special_tokens)  # they take the last ids, in order
         self._clean_fn = get_clean_fn(clean)
-        self._vocab = _load_bpe_vocab(self.vocab_path)
-        self._pattern = _word_pattern()
+        self._vocab = _load_bpe_vocab(self.vocab_path, self.special_tokens)
+        self._pattern = _word_pattern(self.special_tokens)
         # per instance, so a tokenizer's memory goes with it; bounded, so a long training run cannot grow it forever
         self._word_ids = lru_cache(maxsize=_WORD_CACHE_SIZE)(self._encode_word)
 
@@ -220,10 +225,12 @@ class ClipTokenizer:
 
     def __getstate__(self) -> dict[str, Any]:
         # data-loader workers receive a pickled tokenizer: send the settings, rebuild tables and cache there
-        return {"vocab_path": self.vocab_path, "context_length": self.context_length, "clean": self.clean}
+        extra = self.special_tokens[len(_SPECIAL_TOKENS) :]
+        settings = {"vocab_path": self.vocab_path, "context_length": self.context_length, "clean": self.clean}
+        return {**settings, "additional_special_tokens": extra}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
+        ClipTokenizer.__init__(self, **state)
 
     @property
     def vocab_size(self) -> int:
@@ -243,9 +250,9 @@ class ClipTokenizer:
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
         encoder = self._vocab.encoder
-        if word in _SPECIAL_TOKENS:  # only the exact lowercase spelling is special, as in CLIP
-            return (encoder[word],)
         symbols = word.encode("utf-8").decode("latin-1").translate(self._vocab.to_symbols)
+        if symbols in self.special_tokens:  # only the exact lowercase spelling is special, as in CLIP
+            return (encoder[symbols],)
         return tuple(encoder[symbol] for symbol in _merge_symbols(symbols, self._vocab.ranks))
 
     def encode(self, text: str) -> list[int]:
@@ -296,14 +303,66 @@ class ClipTokenizer:
         return torch.tensor(rows, dtype=torch.long)  # (batch, context_length)
 
 
+class SimpleTokenizer(ClipTokenizer):
+    """open_clip's name and constructor for the CLIP BPE tokenizer, with the attributes code written for it reads
+    (`encoder`, `decoder`, `byte_encoder`, `all_special_ids`, `bpe`, ...). `reduction_mask` (CLIPA's token
+    dropping when training) is not implemented and is refused."""
+
+    def __init__(
+        self,
+        bpe_path: str | Path | None = None,
+        additional_special_tokens: Sequence[str] | None = None,
+        context_length: int | None = DEFAULT_CONTEXT_LENGTH,
+        clean: str = "lower",
+        reduction_mask: str = "",
+    ) -> None:
+        if reduction_mask:
+            raise ValueError(
+                f"reduction_mask={reduction_mask!r} (CLIPA's training-time token dropping) is not supported; "
+                "use reduction_mask='' (plain truncation)"
+            )
+        super().__init__(
+            vocab_path=bpe_path,
+            context_length=context_length or DEFAULT_CONTEXT_LENGTH,
+            clean=clean,
+            additional_special_tokens=additional_special_tokens or (),
+        )
+
+    encoder = property(lambda self: self._vocab.encoder)  # symbol -> id
+    decoder = property(lambda self: dict(enumerate(self._vocab.decoder)))  # id -> symbol
+    bpe_ranks = property(lambda self: self._vocab.ranks)
+    byte_encoder = property(lambda self: _byte_to_char())  # byte value -> printable symbol
+    byte_decoder = property(lambda self: {v: k for k, v in _byte_to_char().items()})
+    all_special_ids = property(lambda self: [self._vocab.encoder[t] for t in self.special_tokens])
+
+    def bpe(self, token: str) -> str:
+        """The BPE symbols of one byte-encoded word, space separated (open_clip's `SimpleTokenizer.bpe`)."""
+        if token in self.special_tokens:
+            return token
+        return " ".join(_merge_symbols(token, self._vocab.ranks))
+
+
 @lru_cache(maxsize=1)
-def _default_tokenizer() -> ClipTokenizer:
-    return ClipTokenizer()
+def _default_tokenizer() -> SimpleTokenizer:
+    return SimpleTokenizer()
 
 
 def tokenize(texts: str | Sequence[str], context_length: int = DEFAULT_CONTEXT_LENGTH) -> torch.LongTensor:
     """CLIP BPE ids of ``texts`` with a shared default tokenizer (built on first use), like ``open_clip.tokenize``."""
     return _default_tokenizer()(texts, context_length=context_length)
+
+
+def decode(output_ids: torch.Tensor) -> str:
+    """Text of one row of CLIP BPE ids with the shared default tokenizer, like ``open_clip.decode``."""
+    return _default_tokenizer().decode(output_ids.cpu())
+
+
+def __getattr__(name: str) -> Any:
+    # open_clip builds `tokenizer._tokenizer` at import; here it is built when first asked for
+    # (`from open_mclip.tokenizer import _tokenizer` works), so importing the library reads no vocabulary
+    if name == "_tokenizer":
+        return _default_tokenizer()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------- Hugging Face
@@ -320,32 +379,44 @@ def _import_transformers() -> Any:
 class HFTokenizer:
     """A Hugging Face tokenizer behind ClipTokenizer's call: clean, tokenize, pad and truncate to context_length.
 
-    Build it from a hub name or local folder (``HFTokenizer("xlm-roberta-base")``; extra keywords go to
-    ``AutoTokenizer.from_pretrained``, e.g. ``tokenizer_file=..., tokenizer_type="xlm-roberta"`` to use a lone
-    ``tokenizer.json`` offline), or wrap a ready tokenizer with :meth:`from_tokenizer`.
+    Build it from a hub name or local folder (``HFTokenizer("xlm-roberta-base")``, open_clip's signature; extra
+    keywords go to ``AutoTokenizer.from_pretrained``, e.g. ``tokenizer_file=..., tokenizer_type="xlm-roberta"`` to
+    use a lone ``tokenizer.json`` offline), or wrap a ready tokenizer with :meth:`from_tokenizer`.
     """
 
     def __init__(
         self,
-        name_or_path: str,
-        *,
-        context_length: int = DEFAULT_CONTEXT_LENGTH,
+        tokenizer_name: str,
+        context_length: int | None = DEFAULT_CONTEXT_LENGTH,
         clean: str = "whitespace",
         strip_sep_token: bool = False,
         language: str | None = None,
-        **from_pretrained_kwargs: Any,
+        cache_dir: str | None = None,
+        tokenizer_mode: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        if not isinstance(name_or_path, (str, Path)):
+        if not isinstance(tokenizer_name, (str, Path)):
             raise TypeError(
-                f"name_or_path must be a hub name or folder, got {type(name_or_path).__name__}; "
+                f"tokenizer_name must be a hub name or folder, got {type(tokenizer_name).__name__}; "
                 "wrap a ready tokenizer object with HFTokenizer.from_tokenizer(tokenizer)"
             )
-        if from_pretrained_kwargs.get("tokenizer_file"):  # a lone tokenizer.json: nothing to fetch from the hub
-            from_pretrained_kwargs.setdefault("local_files_only", True)
+        if tokenizer_mode:
+            raise ValueError(
+                f"tokenizer_mode={tokenizer_mode!r} (open_clip's CLIPS post-processing) is not supported; "
+                "use tokenizer_mode=None"
+            )
+        if kwargs.get("tokenizer_file"):  # a lone tokenizer.json: nothing to fetch from the hub
+            kwargs.setdefault("local_files_only", True)
+        if cache_dir is not None:
+            kwargs["cache_dir"] = cache_dir
         auto_tokenizer = _import_transformers().AutoTokenizer
-        tokenizer = auto_tokenizer.from_pretrained(str(name_or_path), **from_pretrained_kwargs)
+        tokenizer = auto_tokenizer.from_pretrained(str(tokenizer_name), **kwargs)
         self._setup(
-            tokenizer, context_length=context_length, clean=clean, strip_sep_token=strip_sep_token, language=language
+            tokenizer,
+            context_length=context_length or DEFAULT_CONTEXT_LENGTH,
+            clean=clean,
+            strip_sep_token=strip_sep_token,
+            language=language,
         )
 
     @classmethod

@@ -42,10 +42,13 @@ class Tower(nn.Module):
                 trainable += stem
             for p in trainable:
                 p.requires_grad = True
-        self._frozen_norms = []
-        if freeze_norm_stats:
-            self._frozen_norms = [m for m in self.modules() if _is_frozen_batch_norm(m)]
-            self.train(self.training)
+        self.freeze_norm_stats(freeze_norm_stats)
+
+    def freeze_norm_stats(self, enable: bool = True) -> None:
+        """Keep the running statistics of BatchNorm layers whose weights are frozen fixed (eval mode while the
+        model trains), or, with `enable=False`, let them update again."""
+        self._frozen_norms = [m for m in self.modules() if _is_frozen_batch_norm(m)] if enable else []
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> Tower:
         super().train(mode)

@@ -86,7 +86,7 @@ class ModifiedResNet(Tower):
         super().__init__()
         width = cfg.width
         self.output_dim = embed_dim
-        self.image_size = (cfg.image_size, cfg.image_size)
+        self.image_size = cfg.image_size  # an int, as open_clip's ModifiedResNet keeps it
         self.conv1 = nn.Conv2d(3, width // 2, kernel_size=3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width // 2)
         self.act1 = nn.ReLU(inplace=True)
