@@ -32,8 +32,9 @@ demo: install-training
 test:
 	$(BIN)/python -m pytest -q
 
+# the quick loop while developing (under 3 minutes here): no large models, no full trainer runs, no torchrun
 test-fast:
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not e2e and not distributed"
 
 # side-by-side speed and memory against open_clip (needs install-test): docs/benchmarks.md
 bench:
