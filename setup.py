@@ -1,10 +1,13 @@
 """Packaging for open_mclip (the library) and training (the trainer), src layout."""
 
+import re
 from pathlib import Path
 
 from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
+# the version is written once, in the library (open_mclip.__version__)
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "src/open_mclip/__init__.py").read_text(), re.M).group(1)
 
 EXTRAS = {
     "training": ["webdataset>=0.2.86", "braceexpand", "pandas", "tensorboard", "matplotlib"],
@@ -27,7 +30,7 @@ EXTRAS["test"] = sorted(
 
 setup(
     name="open_mclip",
-    version="0.1.0",
+    version=VERSION,
     description="CLIP-style contrastive image-text models and trainer, multilingual first; loads open_clip checkpoints",
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
@@ -37,8 +40,12 @@ setup(
     packages=find_namespace_packages("src", include=["open_mclip*", "training*"]),
     package_data={
         "open_mclip": [
-            "bpe_simple_vocab_16e6.txt.gz", "NOTICE_bpe_vocab.md", "model_configs/*.json", "pretrained.json",
-            "zero_shot_data/*.json", "zero_shot_data/SOURCES.md",
+            "bpe_simple_vocab_16e6.txt.gz",
+            "NOTICE_bpe_vocab.md",
+            "model_configs/*.json",
+            "pretrained.json",
+            "zero_shot_data/*.json",
+            "zero_shot_data/SOURCES.md",
         ],
         "training": ["demo_data/*.json"],
     },  # fmt: skip
