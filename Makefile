@@ -32,7 +32,7 @@ demo: install-training
 test:
 	$(BIN)/python -m pytest -q
 
-# the quick loop while developing (under 3 minutes here): no large models, no full trainer runs, no torchrun
+# the loop while developing: no large models (slow), no whole training.main runs (e2e), no torchrun (distributed)
 test-fast:
 	$(BIN)/python -m pytest -q -m "not slow and not e2e and not distributed"
 
