@@ -34,8 +34,9 @@ demo: install-training
 test:
 	$(BIN)/python -m pytest -q
 
+# the loop while developing: no large models (slow), no whole training.main runs (e2e), no torchrun (distributed)
 test-fast:
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not e2e and not distributed"
 
 # side-by-side speed and memory against open_clip (needs install-test): docs/benchmarks.md
 bench:

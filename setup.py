@@ -6,7 +6,8 @@ from pathlib import Path
 from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
-VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "src/open_mclip/version.py").read_text()).group(1)
+# the version is written once, in the library (open_mclip/version.py)
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "src/open_mclip/version.py").read_text(), re.M).group(1)
 
 EXTRAS = {
     "training": ["webdataset>=0.2.86", "braceexpand", "pandas", "tensorboard", "matplotlib"],
@@ -40,8 +41,12 @@ setup(
     packages=find_namespace_packages("src", include=["open_mclip*", "training*"]),
     package_data={
         "open_mclip": [
-            "bpe_simple_vocab_16e6.txt.gz", "NOTICE_bpe_vocab.md", "model_configs/*.json", "pretrained.json",
-            "zero_shot_data/*.json", "zero_shot_data/SOURCES.md",
+            "bpe_simple_vocab_16e6.txt.gz",
+            "NOTICE_bpe_vocab.md",
+            "model_configs/*.json",
+            "pretrained.json",
+            "zero_shot_data/*.json",
+            "zero_shot_data/SOURCES.md",
         ],
         "training": ["demo_data/*.json"],
     },  # fmt: skip

@@ -21,6 +21,7 @@ from bench import cases
 from bench.harness import Case, machine, run_case, table
 
 _MODELS = "bench.cases"
+_FP32 = cases.close_fp32
 
 
 def _check(precision: str):
@@ -60,16 +61,15 @@ def _loss(kind: str, batch_size: int, device: str) -> Case:
 
 def _host_cases() -> list[Case]:
     """Work that runs on the host whatever the device: tokenizing and preprocessing."""
+    tokenize, preprocess = f"{_MODELS}:tokenize", f"{_MODELS}:preprocess"
     return [
-        Case("tokenize CLIP BPE, 5 languages", f"{_MODELS}:tokenize", {"tokenizer": "clip", "count": 4000}, 4000,
-             "texts", cases.same),
-        Case("tokenize XLM-R, 5 languages", f"{_MODELS}:tokenize", {"tokenizer": "xlmr", "count": 4000}, 4000,
-             "texts", cases.same),
-        Case("preprocess eval 224 px, real photos", f"{_MODELS}:preprocess", {"size": 224, "train": False}, 16,
-             "images", cases.close_fp32),
-        Case("preprocess train 224 px, real photos", f"{_MODELS}:preprocess", {"size": 224, "train": True}, 16,
-             "images", cases.close_fp32),
-    ]  # fmt: skip
+        Case(
+            "tokenize CLIP BPE, 5 languages", tokenize, {"tokenizer": "clip", "count": 4000}, 4000, "texts", cases.same
+        ),
+        Case("tokenize XLM-R, 5 languages", tokenize, {"tokenizer": "xlmr", "count": 4000}, 4000, "texts", cases.same),
+        Case("preprocess eval 224 px, real photos", preprocess, {"size": 224, "train": False}, 16, "images", _FP32),
+        Case("preprocess train 224 px, real photos", preprocess, {"size": 224, "train": True}, 16, "images", _FP32),
+    ]
 
 
 def suite(name: str, device: str) -> list[Case]:
@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     for case in selected:
         started = time.perf_counter()
-        result = run_case(case, device=args.device, warmup=args.warmup, repeats=args.repeats,
-                          memory=not args.no_memory)  # fmt: skip
+        timing = {"warmup": args.warmup, "repeats": args.repeats, "memory": not args.no_memory}
+        result = run_case(case, device=args.device, **timing)
         result["wall_s"] = time.perf_counter() - started
         results.append(result)
         print(f"{case.name}: speed ratio {result['speed_ratio']:.2f} ({result['wall_s']:.0f} s)", flush=True)

@@ -44,13 +44,13 @@ def write_csv(folder: Path, rows: int) -> Path:
 
 def command(side: str, *, table: Path, logs: Path, name: str, args: argparse.Namespace) -> list[str]:
     """The same command line for both trainers (open_clip's flag names are ours too)."""
-    return [
-        sys.executable, "-m", MODULES[side], "--train-data", str(table), "--dataset-type", "csv",
-        "--csv-img-key", "filepath", "--csv-caption-key", "title", "--model", args.model,
-        "--batch-size", str(args.batch_size), "--epochs", "1", "--lr", "1e-4", "--warmup", "2",
-        "--workers", str(args.workers), "--precision", args.precision, "--device", args.device,
-        "--save-frequency", "0", "--log-every-n-steps", "1", "--logs", str(logs), "--name", name, "--seed", "0",
-    ]  # fmt: skip
+    flags = (
+        f"--dataset-type csv --csv-img-key filepath --csv-caption-key title --model {args.model} "
+        f"--batch-size {args.batch_size} --epochs 1 --lr 1e-4 --warmup 2 --workers {args.workers} "
+        f"--precision {args.precision} --device {args.device} --save-frequency 0 --log-every-n-steps 1 --seed 0"
+    )
+    paths = ["--train-data", str(table), "--logs", str(logs), "--name", name]  # paths may hold spaces
+    return [sys.executable, "-m", MODULES[side], *flags.split(), *paths]
 
 
 def step_rates(side: str, run_dir: Path) -> list[float]:
@@ -64,8 +64,8 @@ def step_rates(side: str, run_dir: Path) -> list[float]:
 def run_once(side: str, *, table: Path, logs: Path, name: str, args: argparse.Namespace) -> list[float]:
     """Train one epoch with one trainer and return its per-step throughput."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(command(side, table=table, logs=logs, name=name, args=args), env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    argv = command(side, table=table, logs=logs, name=name, args=args)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{MODULES[side]} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     rates = step_rates(side, logs / name)
@@ -97,17 +97,21 @@ def main(argv: list[str] | None = None) -> dict:
             for side in order:
                 name = f"{side}-{round_index}"
                 runs[side].append(run_once(side, table=table, logs=Path(scratch) / "logs", name=name, args=args))
-                print(f"{side} round {round_index}: {statistics.median(runs[side][-1][args.skip:]):.2f} samples/s",
-                      flush=True)  # fmt: skip
+                median = statistics.median(runs[side][-1][args.skip :])
+                print(f"{side} round {round_index}: {median:.2f} samples/s", flush=True)
     per_s = {side: statistics.median([r for run in runs[side] for r in run[args.skip :]]) for side in SIDES}
     result = {
         "case": f"trainer {args.model} b{args.batch_size} {args.precision}, {args.workers} worker(s), CSV of JPEGs",
-        "steps": args.steps, "skip": args.skip, "rounds": args.rounds, "runs": runs,
-        REFERENCE: {"per_s": per_s[REFERENCE]}, OURS: {"per_s": per_s[OURS]},
+        "steps": args.steps,
+        "skip": args.skip,
+        "rounds": args.rounds,
+        "runs": runs,
+        REFERENCE: {"per_s": per_s[REFERENCE]},
+        OURS: {"per_s": per_s[OURS]},
         "speed_ratio": per_s[OURS] / per_s[REFERENCE],
-    }  # fmt: skip
-    print(f"{result['case']}: open_clip {per_s[REFERENCE]:.2f}/s, open_mclip {per_s[OURS]:.2f}/s, "
-          f"speed ratio {result['speed_ratio']:.2f}")  # fmt: skip
+    }
+    speeds = f"open_clip {per_s[REFERENCE]:.2f}/s, open_mclip {per_s[OURS]:.2f}/s"
+    print(f"{result['case']}: {speeds}, speed ratio {result['speed_ratio']:.2f}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(

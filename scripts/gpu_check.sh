@@ -18,7 +18,7 @@ fi
 export PYTHONPATH=$PWD/src:$PWD:${PYTHONPATH:-}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
-$PY -m pytest -q -p no:cacheprovider -m cuda tests/test_devices.py 2>&1 | tee "$OUT/cuda-tests.log"
+$PY -m pytest -q -p no:cacheprovider -m cuda tests/training/test_devices.py 2>&1 | tee "$OUT/cuda-tests.log"
 for precision in amp amp_bf16; do
     DEMO_RUN=gpu-$precision PY=$PY bash scripts/mnist_demo.sh --device cuda --precision "$precision" --workers 4 \
         2>&1 | tee "$OUT/demo-$precision.log"

@@ -145,3 +145,86 @@ def shallow_timm(monkeypatch):
     monkeypatch.setattr(
         timm, "create_model", lambda name, **kwargs: create(name, **shallow_trunk_kwargs(name), **kwargs)
     )
+
+
+# ----------------------------------------------------------------------------------------------- the trainer's
+@pytest.fixture(scope="session")
+def cpu_fp32():
+    """A `training.placement.Placement` on the CPU in fp32: what evaluation helpers take to place their inputs."""
+    from open_mclip.precision import Precision
+    from training.devices import get_device
+    from training.placement import Placement
+
+    return Placement(get_device("cpu"), Precision.parse("fp32"))
+
+
+@pytest.fixture(scope="session")
+def digits(mnist) -> tuple:
+    """The first 600 MNIST test digits, uint8 (600, 28, 28), and their labels (600,)."""
+    images, labels = mnist["test"]
+    return images[:600], labels[:600]
+
+
+@pytest.fixture(scope="session")
+def png() -> Callable:
+    """`png(array)`: a uint8 image array encoded as PNG bytes (a shard entry, a file's content)."""
+    import io
+
+    from PIL import Image
+
+    def encode(array) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    return encode
+
+
+@pytest.fixture(scope="session")
+def preprocess():
+    """open_mclip's eval transform at MNIST's 28 px: PIL image -> (3, 28, 28) float32."""
+    from open_mclip.transform import PreprocessConfig, image_transform
+
+    return image_transform(PreprocessConfig(size=28), is_train=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_folder(tmp_path_factory, mnist) -> Path:
+    """41 real MNIST training digits in ImageFolder layout, one folder per class 0..9 (all ten present; 41 is odd,
+    so two ranks get uneven shards)."""
+    from PIL import Image
+
+    images, labels = mnist["train"]
+    root = tmp_path_factory.mktemp("mnist_folder")
+    for i in range(41):
+        (root / str(labels[i])).mkdir(exist_ok=True)
+        Image.fromarray(images[i]).save(root / str(labels[i]) / f"{i:03d}.png")
+    assert len({p.parent.name for p in root.glob("*/*.png")}) == 10
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic() -> Callable[..., list[str]]:
+    """`tiny_synthetic(samples=64, batch_size=16, epochs=1)`: training.main flags for a short run of mclip-tiny on
+    synthetic pairs at the model's 32 px (later flags override these: argparse keeps the last value)."""
+
+    def flags(samples: int = 64, batch_size: int = 16, epochs: int = 1) -> list[str]:
+        return (
+            f"--dataset-type synthetic --synthetic-image-size 32 --train-num-samples {samples} "
+            f"--batch-size {batch_size} --model mclip-tiny --epochs {epochs} --warmup 1 --workers 0"
+        ).split()
+
+    return flags
+
+
+@pytest.fixture(scope="session")
+def torchrun(free_port) -> Callable[..., list[str]]:
+    """`torchrun(*flags)`: the command line of `training.main` in 2 CPU processes under torchrun, on a free port."""
+    import sys
+
+    def command(*flags: str) -> list[str]:
+        launcher = f"-m torch.distributed.run --nproc_per_node 2 --master_addr 127.0.0.1 --master_port {free_port()}"
+        # "--": torchrun >= 2.x would otherwise take --logs as its own --logs-specs
+        return [sys.executable, *launcher.split(), "-m", "training.main", "--", *flags]
+
+    return command

@@ -14,7 +14,9 @@ from collections.abc import Callable
 import torch
 
 
-def _features(model, images, texts) -> dict[str, torch.Tensor]:
+def model_features(model, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The model's outputs by name (image_features, text_features, logit_scale and logit_bias if it has one),
+    whether it returns a tuple or, with output_dict=True, a dict."""
     out = model(images, texts)
     keys = ("image_features", "text_features", "logit_scale", "logit_bias")
     return dict(out) if isinstance(out, dict) else dict(zip(keys, out))
@@ -30,16 +32,17 @@ def accumulated_backward(
 ) -> torch.Tensor:
     """Back-propagate the loss of the concatenated micro-batches; returns that loss (detached)."""
     with torch.no_grad(), autocast():
-        cached = [_features(model, images, texts) for images, texts in micro_batches]
+        cached = [model_features(model, images, texts) for images, texts in micro_batches]
     loss_value = None
     for j, (images, texts) in enumerate(micro_batches):
         with autocast():
-            fresh = _features(model, images, texts)
+            fresh = model_features(model, images, texts)
             image_features = torch.cat(
                 [fresh["image_features"] if i == j else c["image_features"] for i, c in enumerate(cached)]
-            )  # fmt: skip  (N * B, dim)
-            text_features = torch.cat([fresh["text_features"] if i == j else c["text_features"]
-                                       for i, c in enumerate(cached)])  # fmt: skip
+            )  # (N * B, dim)
+            text_features = torch.cat(
+                [fresh["text_features"] if i == j else c["text_features"] for i, c in enumerate(cached)]
+            )
             scale = fresh["logit_scale"] if j == 0 else fresh["logit_scale"].detach()
             bias = fresh.get("logit_bias")
             if bias is not None and j > 0:

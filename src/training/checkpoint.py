@@ -1,7 +1,8 @@
 """Checkpoints: model, optimizer, scaler, step, epoch, config and RNG state, written atomically.
 
 A checkpoint is written to `NAME.tmp`, flushed to disk and renamed, so a run killed while saving leaves the
-previous checkpoints intact and never a truncated `.pt`. `--resume latest` picks the newest complete one.
+previous checkpoints intact and never a truncated `.pt`. `resume()` loads one (`--resume latest`: the newest
+complete one) and returns the loop state.
 Files load with `torch.load(weights_only=True)`: they hold tensors, numbers, strings and containers only.
 """
 
@@ -10,49 +11,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import random
 import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from torch import nn
+
+from .config import TrainConfig
+from .devices import Device
+from .distributed import World, broadcast_object
+from .rng import rng_state
+from .stepper import Stepper
+from .train import LoopState
+from .wrap import unwrap
 
 log = logging.getLogger(__name__)
 
 _STEP_FILE = re.compile(r"^(epoch|step)_(\d+)\.pt$")
 LATEST = "epoch_latest.pt"
-
-
-def rng_state(device=None) -> dict[str, Any]:
-    """Python, NumPy, torch CPU and the device's generator states as tensors/ints (weights_only-loadable)."""
-    version, state, gauss = random.getstate()
-    np_state = np.random.get_state()
-    return {
-        "python": [version, list(state), gauss],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-        "device": to_cpu(device.rng_state()) if device is not None else {},
-    }
-
-
-def set_rng_state(state: dict[str, Any], device=None) -> None:
-    version, values, gauss = state["python"]
-    random.setstate((version, tuple(values), gauss))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if device is not None:
-        device.set_rng_state(state.get("device", {}))
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The CLIP module inside DDP / torch.compile wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            return model
-        model = inner
 
 
 def to_cpu(value: Any) -> Any:
@@ -66,15 +43,16 @@ def to_cpu(value: Any) -> Any:
     return value
 
 
-def build_state(*, model, optimizer, scaler, epoch: int, step: int, epoch_step: int, config,
-                device=None) -> dict[str, Any]:  # fmt: skip
+def build_state(
+    *, model: nn.Module, stepper: Stepper, state: LoopState, config: TrainConfig, device: Device | None = None
+) -> dict[str, Any]:
+    """Everything a resume needs, in open_clip's checkpoint keys (state_dict, optimizer, scaler, epoch) and ours."""
     return {
         "state_dict": to_cpu(unwrap(model).state_dict()),
-        "optimizer": to_cpu(optimizer.state_dict()),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "epoch": epoch,  # epochs completed (the next epoch to run), open_clip's meaning
-        "step": step,  # optimizer steps completed
-        "epoch_step": epoch_step,  # batches of `epoch` already consumed (0 at an epoch boundary)
+        **to_cpu(stepper.state_dict()),  # "optimizer", "scaler"
+        "epoch": state.epoch,  # epochs completed (the next epoch to run), open_clip's meaning
+        "step": state.step,  # optimizer steps completed
+        "epoch_step": state.epoch_step,  # batches of `epoch` already consumed (0 at an epoch boundary)
         "config": _plain(dataclasses.asdict(config)),
         "rng": rng_state(device),
     }
@@ -124,11 +102,45 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
     return best
 
 
-class CheckpointWriter:
-    """Decides when and under which names to save, and removes superseded files when asked."""
+def resume(spec: str | None, *, folder: Path, world: World, model: nn.Module, stepper: Stepper) -> LoopState:
+    """The loop state to start from, with `model` and `stepper` loaded from the checkpoint `spec` names: a file, or
+    "latest" for the newest complete one in `folder` (fresh when there is none, or without `spec`)."""
+    if spec == "latest":
+        spec = broadcast_object(latest_checkpoint(folder), world)
+        if spec is None:
+            log.info("no checkpoint to resume from in %s: starting fresh", folder)
+    if not spec:
+        return LoopState()
+    saved = load(spec)
+    model.load_state_dict(saved["state_dict"])
+    stepper.load_state_dict(saved)
+    mid_epoch = saved["epoch_step"] > 0
+    state = LoopState(
+        epoch=saved["epoch"],
+        step=saved["step"],
+        epoch_step=saved["epoch_step"],
+        resume_rng=saved["rng"] if mid_epoch else None,
+    )
+    log.info("resumed from %s: epoch %d, step %d", spec, state.epoch, state.step)
+    return state
 
-    def __init__(self, folder: str | os.PathLike, cfg, *, is_master: bool):
-        self.folder, self.cfg, self.is_master = Path(folder), cfg, is_master
+
+class CheckpointWriter:
+    """Decides when and under which names to save the run's state, and removes superseded files when asked."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        config: TrainConfig,
+        *,
+        model: nn.Module,
+        stepper: Stepper,
+        world: World,
+        device: Device | None = None,
+    ) -> None:
+        """Saves what `config.checkpoint` asks for (rank 0 only), each state carrying `config` and the RNG states."""
+        self.folder, self.cfg, self.is_master = Path(folder), config.checkpoint, world.is_master
+        self._parts = {"model": model, "stepper": stepper, "config": config, "device": device}
         self._previous: Path | None = None
 
     def _write(self, state: dict[str, Any], name: str) -> None:
@@ -138,18 +150,18 @@ class CheckpointWriter:
             self._previous.unlink(missing_ok=True)
         self._previous = path
 
-    def after_step(self, make_state, *, step: int) -> None:
+    def after_step(self, state: LoopState) -> None:
         every = self.cfg.save_every_n_steps
-        if self.is_master and every and step % every == 0:
-            self._write(make_state(), f"step_{step}.pt")
+        if self.is_master and every and state.step % every == 0:
+            self._write(build_state(state=state, **self._parts), f"step_{state.step}.pt")
 
-    def after_epoch(self, make_state, *, epoch: int, last: bool) -> None:
-        """`epoch` = epochs completed so far."""
+    def after_epoch(self, state: LoopState, *, last: bool) -> None:
+        """Called once `state.epoch` epochs are complete."""
         if not self.is_master:
             return
-        state = None
-        if self.cfg.save_frequency > 0 and (epoch % self.cfg.save_frequency == 0 or last):
-            state = make_state()
-            self._write(state, f"epoch_{epoch}.pt")
+        saved = None
+        if self.cfg.save_frequency > 0 and (state.epoch % self.cfg.save_frequency == 0 or last):
+            saved = build_state(state=state, **self._parts)
+            self._write(saved, f"epoch_{state.epoch}.pt")
         if self.cfg.save_most_recent:
-            save_atomic(state or make_state(), self.folder / LATEST)
+            save_atomic(saved or build_state(state=state, **self._parts), self.folder / LATEST)

@@ -79,15 +79,11 @@ class Device:
         torch.manual_seed(seed)
 
     def rng_state(self) -> dict[str, torch.Tensor]:
-        """The accelerator's generator states for a checkpoint (the CPU's are saved by checkpoint.rng_state)."""
+        """The accelerator's generator states for a checkpoint (the CPU's are saved by training.rng.rng_state)."""
         return {}
 
     def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore what `rng_state` saved; a checkpoint from another device type has nothing to restore here."""
-
-    @property
-    def pin_memory(self) -> bool:
-        return False
 
     @property
     def compile_backend(self) -> str:
@@ -133,10 +129,6 @@ class CudaDevice(Device):
     def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
         if "cuda" in state:
             torch.cuda.set_rng_state(state["cuda"], self.torch_device)
-
-    @property
-    def pin_memory(self) -> bool:
-        return True
 
 
 class HpuDevice(Device):

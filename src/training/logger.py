@@ -5,12 +5,13 @@ The loop emits a dict of metrics; the sinks decide how to show it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
-log = logging.getLogger("training")
+log = logging.getLogger(__name__)
 
 
 def setup_logging(log_file: str | Path | None, *, debug: bool = False, rank: int = 0) -> None:
@@ -63,8 +64,6 @@ class MetricsLogger:
 
 def write_params(path: Path, config) -> None:
     """`params.txt`: one `group.name: value` line per setting, as open_clip writes its params."""
-    import dataclasses
-
     lines = []
     for group in dataclasses.fields(config):
         for name, value in sorted(dataclasses.asdict(getattr(config, group.name)).items()):

@@ -6,13 +6,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import OptimArgs
+from open_mclip.config import ModelConfig, TimmConfig, ViTConfig
+
+from .config import OptimConfig
 from .devices import Device
 
 
-def adam_defaults(model_name: str) -> dict[str, float]:
-    """The CLIP paper's AdamW settings (ViT towers use beta2 0.98 and eps 1e-6)."""
-    if "vit" in model_name.lower():
+def has_vit_image_tower(cfg: ModelConfig) -> bool:
+    """Whether the architecture's image tower is a vision transformer, by its declared type: ours ("vit"), or a
+    timm trunk of timm's ViT family (`vit_*`, as the SigLIP trunks are)."""
+    vision = cfg.vision
+    return isinstance(vision, ViTConfig) or (isinstance(vision, TimmConfig) and vision.model_name.startswith("vit_"))
+
+
+def adam_defaults(*, vit: bool) -> dict[str, float]:
+    """open_clip's AdamW defaults, the CLIP paper's: beta2 0.98 and eps 1e-6 for ViT image towers, else 0.999
+    and 1e-8. (open_clip looks for "vit" in the model name instead, so its nllb-clip-* get the ResNet numbers.)"""
+    if vit:
         return {"lr": 5.0e-4, "beta1": 0.9, "beta2": 0.98, "eps": 1.0e-6}
     return {"lr": 5.0e-4, "beta1": 0.9, "beta2": 0.999, "eps": 1.0e-8}
 
@@ -41,12 +51,14 @@ def layer_scales(tower: nn.Module, decay: float) -> dict[int, float]:
     return scales
 
 
-def tower_lrs(model: nn.Module, cfg: OptimArgs, *, lr: float) -> dict[int, float]:
+def tower_lrs(model: nn.Module, cfg: OptimConfig, *, lr: float) -> dict[int, float]:
     """id(parameter) -> peak learning rate: --lr-image/--lr-text per tower (default --lr), times the layer-wise
     decay of that tower; the logit scale and bias keep --lr."""
     out = {}
-    for tower, tower_lr, decay in ((model.visual, cfg.lr_image, cfg.layer_decay_image),
-                                   (model.text, cfg.lr_text, cfg.layer_decay_text)):  # fmt: skip
+    for tower, tower_lr, decay in (
+        (model.visual, cfg.lr_image, cfg.layer_decay_image),
+        (model.text, cfg.lr_text, cfg.layer_decay_text),
+    ):
         if not 0.0 < decay <= 1.0:
             raise ValueError(f"layer-wise lr decay must be in (0, 1], got {decay}: use e.g. --layer-decay-image 0.75")
         base = tower_lr if tower_lr is not None else lr
@@ -55,8 +67,9 @@ def tower_lrs(model: nn.Module, cfg: OptimArgs, *, lr: float) -> dict[int, float
     return out
 
 
-def param_groups(model: nn.Module, *, weight_decay: float, lr: float = 0.0,
-                 lrs: dict[int, float] | None = None) -> list[dict]:  # fmt: skip
+def param_groups(
+    model: nn.Module, *, weight_decay: float, lr: float = 0.0, lrs: dict[int, float] | None = None
+) -> list[dict]:
     """One group per (peak lr, weight decay): matrices are decayed, the rest not; frozen parameters are left out.
 
     `lrs` maps id(parameter) to its peak lr (default `lr` for all, giving the two groups open_clip has). Each group
@@ -72,12 +85,11 @@ def param_groups(model: nn.Module, *, weight_decay: float, lr: float = 0.0,
     return [{"params": groups[k], "weight_decay": k[0], "lr": k[1], "base_lr": k[1]} for k in keys]
 
 
-def create_optimizer(model: nn.Module, cfg: OptimArgs, *, model_name: str, device: Device) -> torch.optim.Optimizer:
+def create_optimizer(model: nn.Module, cfg: OptimConfig, *, device: Device) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters of `model` (the bare CLIP module), in `param_groups`' groups."""
     if cfg.opt != "adamw":
         raise ValueError(f"--opt {cfg.opt} is not supported; use adamw")
-    defaults = adam_defaults(model_name)
-    lr = cfg.lr if cfg.lr is not None else defaults["lr"]
-    betas = (cfg.beta1 if cfg.beta1 is not None else defaults["beta1"], cfg.beta2 or defaults["beta2"])
-    eps = cfg.eps if cfg.eps is not None else defaults["eps"]
-    groups = param_groups(model, weight_decay=cfg.wd, lr=lr, lrs=tower_lrs(model, cfg, lr=lr))
-    return device.optimizer(groups, lr=lr, betas=betas, eps=eps)
+    given = {"lr": cfg.lr, "beta1": cfg.beta1, "beta2": cfg.beta2, "eps": cfg.eps}
+    hp = {**adam_defaults(vit=has_vit_image_tower(model.cfg)), **{k: v for k, v in given.items() if v is not None}}
+    groups = param_groups(model, weight_decay=cfg.wd, lr=hp["lr"], lrs=tower_lrs(model, cfg, lr=hp["lr"]))
+    return device.optimizer(groups, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"])

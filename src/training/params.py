@@ -1,5 +1,6 @@
 """The command line: the only place that sees argv. Flags follow open_clip v3.3's names and meanings and are
-generated from the `TrainConfig` dataclasses (flag `--foo-bar` is field `foo_bar`), grouped by theme in `--help`.
+generated from the `TrainConfig` dataclasses (flag `--foo-bar` is field `foo_bar`, its help, choices and nargs in
+the field's metadata: see `config.flag`), grouped by theme in `--help`.
 """
 
 from __future__ import annotations
@@ -10,52 +11,8 @@ import dataclasses
 import types
 import typing
 
-from open_mclip.precision import PRECISION_CHOICES
-
 from .config import TrainConfig
 
-HELP = {
-    "train_data": "training data: CSV/TSV file, or WebDataset shards with brace expansion; join sources with '::'",
-    "val_data": "validation data (same formats as --train-data)",
-    "val_lang_key": "CSV column, or field of each shard sample's .json, tagging a validation caption's language "
-    "(e.g. 'en'): recall is then also reported per language; untagged captions count in the overall figures only",
-    "train_data_upsampling_factors": "sampling weight per '::' source of --train-data, e.g. '1::2'",
-    "train_num_samples": "samples per epoch (required for WebDataset without sizes.json, and for resampling)",
-    "dataset_type": "auto picks from the file name",
-    "dataset_resampled": "sample shards with replacement (virtual epochs of --train-num-samples)",
-    "batch_size": "batch size per process",
-    "workers": "data loader worker processes per process",
-    "model": "architecture name (see open_mclip.list_models()), hf-hub:org/repo or local-dir:PATH",
-    "pretrained": "pretrained tag or checkpoint file to start from",
-    "lr": "peak learning rate (default 5e-4)",
-    "lr_image": "peak learning rate of the image tower (default --lr)",
-    "lr_text": "peak learning rate of the text tower (default --lr)",
-    "layer_decay_image": "layer-wise lr decay in (0, 1] for the image tower: block i from the top gets lr * decay**i",
-    "layer_decay_text": "layer-wise lr decay in (0, 1] for the text tower (embeddings count as the lowest block)",
-    "wd": "weight decay (not applied to gains, biases, embeddings and the logit scale)",
-    "warmup": "linear warm-up steps",
-    "accum_freq": "contrastive gradient accumulation: update every N batches as one batch of N x batch size",
-    "precision": "numeric precision",
-    "device": "auto (cuda, then hpu, mps, cpu), cpu, cuda, hpu or mps",
-    "save_every_n_steps": "also save a checkpoint every N optimizer steps",
-    "resume": "checkpoint file to resume from, or 'latest' for the newest complete one of this run",
-    "report_to": "'tensorboard' to also write TensorBoard scalars",
-    "zeroshot_data": "ImageFolder-layout directory for zero-shot classification",
-    "zeroshot_classnames": "JSON of class names: a list in folder order, {folder: name}, or either per language",
-    "zeroshot_templates": "JSON of prompt templates with '{}' for the class name, a list or {language: list}",
-    "zeroshot_languages": "comma-separated languages to evaluate (default: all in the files; en for --imagenet-val)",
-    "imagenet_val": "ImageNet-1k validation set in ImageFolder layout (1000 wnid folders), zero-shot with the "
-    "shipped class names: en, ar, zh, it, ja on all classes, Babel-ImageNet languages on their class subset",
-    "plot": "write a PNG of the loss and accuracy curves to the run folder at the end",
-}
-CHOICES = {
-    "dataset_type": ("auto", "webdataset", "csv", "synthetic"),
-    "precision": PRECISION_CHOICES,
-    "lr_scheduler": ("cosine", "const", "const-cooldown"),
-    "image_resize_mode": ("shortest", "longest", "squash"),
-    "opt": ("adamw",),
-}
-NARGS = {"image_mean": "+", "image_std": "+", "force_image_size": "+"}
 # open_clip flags with no counterpart here: they fail with the reason instead of being ignored
 UNSUPPORTED = {
     "imagenet-v2": "ImageNet-V2 evaluation is not available",
@@ -114,17 +71,19 @@ def _scalar_type(hint) -> type:
 
 def _add_field(group, f: dataclasses.Field, hint) -> None:
     flag = "--" + f.name.replace("_", "-")
-    kwargs: dict = {"dest": f.name, "help": HELP.get(f.name, " "), "default": argparse.SUPPRESS}
-    if f.name == "aug_cfg":
+    meta = f.metadata
+    kwargs: dict = {"dest": f.name, "help": meta["help"], "default": argparse.SUPPRESS}
+    scalar = _scalar_type(hint)
+    if scalar is dict:
         kwargs.update(nargs="*", action=_KeyValues)
-    elif _scalar_type(hint) is bool:
-        kwargs["action"] = "store_true"
+    elif scalar is bool:  # a default of True needs a way to turn it off: --no-drop-last
+        kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
     else:
-        kwargs["type"] = _scalar_type(hint)
-        if f.name in NARGS:
-            kwargs["nargs"] = NARGS[f.name]
-        if f.name in CHOICES:
-            kwargs["choices"] = CHOICES[f.name]
+        kwargs["type"] = scalar
+        if meta["nargs"] is not None:
+            kwargs["nargs"] = meta["nargs"]
+        if meta["choices"] is not None:
+            kwargs["choices"] = meta["choices"]
     group.add_argument(flag, **kwargs)
 
 
@@ -136,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     seen: set[str] = set()
     for group_field in dataclasses.fields(TrainConfig):
         cls = group_field.default_factory
-        group = parser.add_argument_group(group_field.name, (cls.__doc__ or "").strip().split("\n")[0] or None)
+        group = parser.add_argument_group(group_field.name, cls.__doc__.strip().split("\n")[0])
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.name not in seen:  # a field in two groups (seed) has one flag that feeds both

@@ -7,10 +7,10 @@ import math
 
 import torch
 
-from .config import ScheduleArgs
+from .config import ScheduleConfig
 
 
-def lr_factor(step: int, *, cfg: ScheduleArgs, total_steps: int, cooldown_steps: int = 0, base_lr: float = 1.0):
+def lr_factor(step: int, *, cfg: ScheduleConfig, total_steps: int, cooldown_steps: int = 0, base_lr: float = 1.0):
     """Learning rate at optimizer step `step` for a peak of `base_lr`."""
     warmup = cfg.warmup
     if step < warmup:
@@ -32,7 +32,7 @@ def lr_factor(step: int, *, cfg: ScheduleArgs, total_steps: int, cooldown_steps:
 class Scheduler:
     """Sets each param group's lr from its `base_lr` at every step (skipped with --skip-scheduler)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleArgs, *, steps_per_epoch: int):
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, *, steps_per_epoch: int):
         if cfg.lr_scheduler == "const-cooldown" and not cfg.epochs_cooldown:
             raise ValueError("--lr-scheduler const-cooldown needs --epochs-cooldown")
         self.optimizer, self.cfg = optimizer, cfg
@@ -43,9 +43,12 @@ class Scheduler:
         lr = 0.0
         for group in self.optimizer.param_groups:
             lr = lr_factor(
-                step, cfg=self.cfg, total_steps=self.total_steps, cooldown_steps=self.cooldown_steps,
+                step,
+                cfg=self.cfg,
+                total_steps=self.total_steps,
+                cooldown_steps=self.cooldown_steps,
                 base_lr=group["base_lr"],
-            )  # fmt: skip
+            )
             if not self.cfg.skip_scheduler:
                 group["lr"] = lr
         return self.optimizer.param_groups[-1]["lr"]

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from open_mclip.precision import Precision
 
 from .devices import Device
 
 
 class Stepper:
-    """Owns the optimizer, the optional grad scaler and gradient clipping; the loop only calls it."""
+    """Owns the optimizer, the grad scaler (fp16 modes, from the device) and gradient clipping; the loop only
+    calls `backward` and `step`, checkpoints call `state_dict` and `load_state_dict` (as timm's NativeScaler)."""
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
         *,
         device: Device,
-        scaler: torch.amp.GradScaler | None,
+        precision: Precision,
         grad_clip_norm: float | None,
     ):
-        self.optimizer, self.device, self.scaler, self.grad_clip_norm = optimizer, device, scaler, grad_clip_norm
+        self.optimizer, self.device, self.grad_clip_norm = optimizer, device, grad_clip_norm
+        self.scaler: torch.amp.GradScaler | None = device.grad_scaler(precision)
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -38,3 +44,16 @@ class Stepper:
             self.optimizer.step()
         self.device.mark_step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"optimizer": ..., "scaler": ... or None}: the keys an open_clip checkpoint has for them."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()` (a checkpoint without scaler state leaves a fresh scaler as it is)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])

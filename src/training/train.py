@@ -1,19 +1,27 @@
 """One training epoch: forward, loss, backward and step, logged at a fixed cadence.
 
-Device specifics live in the `Device`, the optimizer step in the `Stepper`, accumulation in `accumulation.py`.
-Metrics stay tensors between logging steps: `.item()` synchronises GPUs and HPUs.
+Device specifics live in the `Device`, input placement in the `Placement`, the optimizer step in the `Stepper`,
+accumulation in `accumulation.py`. Metrics stay tensors between logging steps: `.item()` synchronises GPUs and HPUs.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from .accumulation import accumulated_backward
-from .checkpoint import set_rng_state, unwrap
+from .accumulation import accumulated_backward, model_features
+from .data import DataInfo
+from .distributed import World
+from .logger import MetricsLogger
+from .placement import Placement
+from .rng import set_rng_state
+from .scheduler import Scheduler
+from .stepper import Stepper
+from .wrap import unwrap
 
 MAX_LOGIT_SCALE = math.log(100)
 
@@ -26,71 +34,107 @@ class LoopState:
     step: int = 0
     epoch_step: int = 0
     resume_rng: dict | None = None  # RNG state to restore after fast-forwarding a mid-epoch resume
-    history: list = field(default_factory=list)
+    history: list = field(default_factory=list)  # the logged training metrics, one dict per logging step
 
 
-def _forward_loss(model, loss_fn, images, texts):
-    out = model(images, texts)
-    if isinstance(out, dict):
-        return loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias"))
-    return loss_fn(*out)
+@dataclass(frozen=True)
+class EpochContext:
+    """What an epoch needs besides model, data, loss, stepper and scheduler; the same for every epoch."""
+
+    placement: Placement
+    accum_freq: int  # batches per optimizer step (contrastive accumulation)
+    log_every: int  # optimizer steps between logged metrics
+    world: World
+    logger: MetricsLogger
 
 
-def train_one_epoch(model, loader, loss_fn, stepper, scheduler, *, ctx, state: LoopState, on_step=None) -> None:
-    """Run the rest of epoch `state.epoch`; `ctx` bundles device, precision, accum_freq, logger, log cadence."""
-    device, accum = ctx.device, ctx.accum_freq
+def forward_loss(model, loss_fn, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """The contrastive loss of one batch."""
+    out = model_features(model, images, texts)
+    return loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias"))
+
+
+def train_step(
+    model, micro: list[tuple[torch.Tensor, torch.Tensor]], loss_fn, stepper: Stepper, *, placement: Placement
+) -> torch.Tensor:
+    """One optimizer step on the batches of `micro` (one, or --accum-freq of them); returns the loss, detached."""
+    if len(micro) == 1:
+        with placement.autocast():
+            loss = forward_loss(model, loss_fn, *micro[0])
+        stepper.backward(loss)
+        loss = loss.detach()
+    else:
+        loss = accumulated_backward(model, micro, loss_fn, autocast=placement.autocast, backward=stepper.backward)
+    stepper.step()
+    with torch.no_grad():
+        unwrap(model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    return loss
+
+
+@dataclass
+class _Window:
+    """What accumulates between two logging steps; the loss stays a tensor (no device sync) until it is logged."""
+
+    start: float = field(default_factory=time.perf_counter)
+    loss: torch.Tensor | None = None
+    batches: int = 0
+    data_time: float = 0.0
+
+    def add(self, loss: torch.Tensor, batches: int) -> None:
+        self.loss = loss if self.loss is None else self.loss + loss
+        self.batches += batches
+
+
+def _metrics(model, window: _Window, *, lr: float, batch_size: int, data: DataInfo, ctx: EpochContext) -> dict:
+    device = ctx.placement.device
+    device.mark_step()  # a lazily built graph must run before its values are read
+    device.synchronize()
+    elapsed = time.perf_counter() - window.start
+    return {
+        "loss": (window.loss / max(window.batches // ctx.accum_freq, 1)).item(),
+        "lr": lr,
+        "logit_scale": unwrap(model).logit_scale.exp().item(),
+        "samples_per_s": window.batches * batch_size * ctx.world.world_size / max(elapsed, 1e-9),
+        "data_time": window.data_time,
+        "skipped_samples": data.skipped.total,
+        **device.memory_stats(),
+    }
+
+
+def train_one_epoch(
+    model,
+    data: DataInfo,
+    loss_fn,
+    stepper: Stepper,
+    scheduler: Scheduler,
+    *,
+    ctx: EpochContext,
+    state: LoopState,
+    on_step: Callable[[LoopState], None] | None = None,
+) -> None:
+    """Run the rest of epoch `state.epoch` (a resumed epoch skips the batches it already trained on)."""
     model.train()
     micro: list[tuple[torch.Tensor, torch.Tensor]] = []
-    skip = state.epoch_step
-    tick = window_start = time.perf_counter()
-    data_time, running_loss, logged_batches = 0.0, None, 0
-    for index, (images, texts) in enumerate(loader):
+    skip, window, tick = state.epoch_step, _Window(), time.perf_counter()
+    for index, (images, texts) in enumerate(data.dataloader):
         if index < skip:  # fast-forward over batches a resumed checkpoint already trained on
             if index == skip - 1 and state.resume_rng is not None:
-                set_rng_state(state.resume_rng, device)  # before the next fetch (augmentation randomness)
+                set_rng_state(state.resume_rng, ctx.placement.device)  # before the next fetch (augmentations)
                 state.resume_rng = None
-            tick = window_start = time.perf_counter()
+            window, tick = _Window(), time.perf_counter()
             continue
-        images = images.to(device.torch_device, dtype=ctx.precision.input_dtype, non_blocking=True)
-        texts = texts.to(device.torch_device, non_blocking=True)
-        data_time += time.perf_counter() - tick
-        micro.append((images, texts))
+        micro.append(ctx.placement.batch(images, texts))
+        window.data_time += time.perf_counter() - tick
         state.epoch_step = index + 1
-        if len(micro) < accum:
-            tick = time.perf_counter()
-            continue
-        lr = scheduler(state.step)
-        if accum == 1:
-            with ctx.autocast():
-                loss = _forward_loss(model, loss_fn, images, texts)
-            stepper.backward(loss)
-            loss = loss.detach()
-        else:
-            loss = accumulated_backward(model, micro, loss_fn, autocast=ctx.autocast, backward=stepper.backward)
-        micro = []
-        stepper.step()
-        with torch.no_grad():
-            unwrap(model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        state.step += 1
-        running_loss = loss if running_loss is None else running_loss + loss
-        logged_batches += accum
-        if state.step % ctx.log_every == 0 or state.epoch_step == ctx.batches_per_epoch:
-            device.mark_step()  # a lazily built graph must run before its values are read
-            device.synchronize()
-            elapsed = time.perf_counter() - window_start
-            metrics = {
-                "loss": (running_loss / max(logged_batches // accum, 1)).item(),
-                "lr": lr,
-                "logit_scale": unwrap(model).logit_scale.exp().item(),
-                "samples_per_s": logged_batches * images.shape[0] * ctx.world_size / max(elapsed, 1e-9),
-                "data_time": data_time,
-                "skipped_samples": ctx.skipped(),
-                **device.memory_stats(),
-            }
-            ctx.logger.log("train", metrics, step=state.step, epoch=state.epoch)
-            state.history.append({"step": state.step, "epoch": state.epoch, **metrics})
-            running_loss, logged_batches, data_time = None, 0, 0.0
-            window_start = time.perf_counter()
-        if on_step is not None:
-            on_step(state)
+        if len(micro) == ctx.accum_freq:
+            lr = scheduler(state.step)
+            window.add(train_step(model, micro, loss_fn, stepper, placement=ctx.placement), len(micro))
+            micro, state.step = [], state.step + 1
+            if state.step % ctx.log_every == 0 or state.epoch_step == data.num_batches:
+                metrics = _metrics(model, window, lr=lr, batch_size=len(images), data=data, ctx=ctx)
+                ctx.logger.log("train", metrics, step=state.step, epoch=state.epoch)
+                state.history.append({"step": state.step, "epoch": state.epoch, **metrics})
+                window = _Window()
+            if on_step is not None:
+                on_step(state)
         tick = time.perf_counter()

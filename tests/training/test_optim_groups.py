@@ -3,15 +3,19 @@ peak lr its tower and depth give, the scheduler scales every group alike, and th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import open_mclip
-from training.config import OptimArgs, ScheduleArgs
+from training.config import OptimConfig, ScheduleConfig
 from training.devices import get_device
-from training.optim import create_optimizer, layer_scales, param_groups, tower_lrs
+from training.optim import create_optimizer, has_vit_image_tower, layer_scales, no_decay_names, param_groups, tower_lrs
 from training.params import parse_args
 from training.scheduler import Scheduler
+
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[2] / "model_configs"
 
 
 def _lr_of(optimizer) -> dict[int, float]:
@@ -19,8 +23,8 @@ def _lr_of(optimizer) -> dict[int, float]:
 
 
 def _create(model, **kwargs):
-    cfg = OptimArgs(lr=1e-3, **kwargs)
-    return create_optimizer(model, cfg, model_name="mclip-tiny", device=get_device("cpu"))
+    cfg = OptimConfig(lr=1e-3, **kwargs)
+    return create_optimizer(model, cfg, device=get_device("cpu"))
 
 
 def test_default_is_two_groups_at_one_lr():
@@ -70,7 +74,7 @@ def test_frozen_tower_is_left_out_and_groups_partition_the_trainable():
     """LiT: a locked text tower has no group; every trainable parameter is in exactly one group."""
     model = open_mclip.CLIP(open_mclip.model_config("mclip-tiny"))
     model.lock_text_tower(0)
-    groups = param_groups(model, weight_decay=0.1, lr=1e-3, lrs=tower_lrs(model, OptimArgs(lr_image=3e-3), lr=1e-3))
+    groups = param_groups(model, weight_decay=0.1, lr=1e-3, lrs=tower_lrs(model, OptimConfig(lr_image=3e-3), lr=1e-3))
     ids = [id(p) for g in groups for p in g["params"]]
     trainable = [id(p) for p in model.parameters() if p.requires_grad]
     assert sorted(ids) == sorted(trainable) and len(ids) == len(set(ids))
@@ -81,7 +85,7 @@ def test_frozen_tower_is_left_out_and_groups_partition_the_trainable():
 def test_scheduler_scales_every_group_by_the_same_factor():
     model = open_mclip.CLIP(open_mclip.model_config("mclip-tiny"))
     optimizer = _create(model, lr_image=1e-2, lr_text=1e-4, layer_decay_text=0.8)
-    scheduler = Scheduler(optimizer, ScheduleArgs(epochs=1, warmup=4), steps_per_epoch=20)
+    scheduler = Scheduler(optimizer, ScheduleConfig(epochs=1, warmup=4), steps_per_epoch=20)
     for step in (0, 3, 10, 19):
         scheduler(step)
         factors = {round(g["lr"] / g["base_lr"], 12) for g in optimizer.param_groups}
@@ -109,3 +113,36 @@ def test_a_training_step_moves_towers_at_their_own_rates():
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert any(n.startswith("visual.") for n in moved)
     assert not any(n.startswith("text.") for n in moved)
+
+
+def test_adam_defaults_follow_the_declared_image_tower():
+    """open_clip's numbers, chosen by the image tower's declared type: every open_clip architecture whose name says
+    ViT gets beta2 0.98 and eps 1e-6 (the SigLIP ones through their timm ViT trunks), the ResNets and ConvNeXt
+    0.999 and 1e-8. Only the names that hide a ViT tower differ from open_clip's name test: nllb-clip-* and ours."""
+    shipped = [path.stem for path in SHIPPED_CONFIGS.glob("*.json")]  # list_models() also has what tests added
+    assert len(shipped) >= 79
+    by_type = {name: has_vit_image_tower(open_mclip.model_config(name)) for name in shipped}
+    differs = sorted(name for name, vit in by_type.items() if vit != ("vit" in name.lower()))
+    assert {"mclip-tiny", "nllb-clip-base", "nllb-clip-large"} <= set(differs)
+    assert all(name.startswith(("mclip-", "nllb-clip-")) for name in differs), differs
+    assert not has_vit_image_tower(open_mclip.model_config("convnext_base"))
+    assert has_vit_image_tower(open_mclip.model_config("ViT-B-16-SigLIP"))
+    for name, (beta2, eps) in {"mclip-tiny": (0.98, 1e-6), "mclip-tiny-rn": (0.999, 1e-8)}.items():
+        optimizer = create_optimizer(open_mclip.create_model(name), OptimConfig(), device=get_device("cpu"))
+        assert optimizer.defaults["betas"] == (0.9, beta2) and optimizer.defaults["eps"] == eps, name
+    optimizer = create_optimizer(
+        open_mclip.create_model("mclip-tiny"), OptimConfig(beta2=0.95, eps=1e-7), device=get_device("cpu")
+    )
+    assert optimizer.defaults["betas"] == (0.9, 0.95) and optimizer.defaults["eps"] == 1e-7  # flags win
+
+
+def test_no_weight_decay_on_gains_biases_embeddings_and_scale():
+    model = open_mclip.CLIP(open_mclip.model_config("mclip-tiny"))
+    skip = no_decay_names(model)
+    expected = "logit_scale text.token_embedding.weight text.positional_embedding visual.class_embedding"
+    expected += " visual.positional_embedding visual.ln_pre.weight visual.transformer.resblocks.0.attn.in_proj_bias"
+    assert set(expected.split()) <= skip
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight" not in skip
+    groups = param_groups(model, weight_decay=0.2)
+    assert groups[0]["weight_decay"] == 0.0 and groups[1]["weight_decay"] == 0.2
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

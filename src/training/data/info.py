@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
-logger = logging.getLogger(__name__)
+from ..config import DataConfig
+
+log = logging.getLogger(__name__)
 
 # Why a sample can be skipped. One shared slot per reason, so counts from every loader worker add up.
 SKIP_REASONS = (
@@ -47,7 +49,7 @@ class SkipCounter:
         count = int(self._counts[:, column].sum())
         if count <= _LOGGED_PER_REASON:
             more = " (further skips for this reason are counted, not logged)" if count == _LOGGED_PER_REASON else ""
-            logger.warning("skipped a sample (%s): %s%s", reason, detail, more)
+            log.warning("skipped a sample (%s): %s%s", reason, detail, more)
         return count
 
     @property
@@ -109,11 +111,11 @@ class DataInfo:
 
 
 def map_style_data_info(
-    dataset: Dataset, cfg, *, is_train: bool, epoch: int, rank: int, world_size: int, skipped: SkipCounter
+    dataset: Dataset, cfg: DataConfig, *, is_train: bool, epoch: int, rank: int, world_size: int, skipped: SkipCounter
 ) -> DataInfo:
     """A DataInfo over an indexable dataset: for training a seeded DistributedSampler (this rank's share,
-    reshuffled by ``set_epoch``, even with one rank); for validation every sample in order. ``cfg`` is the
-    DataConfig (batch size, workers, seed, drop_last, pin_memory)."""
+    reshuffled by ``set_epoch``, even with one rank); for validation every sample in order, in batches of
+    ``cfg.batch_size`` read by ``cfg.workers`` workers."""
     batch_size, workers, seed = cfg.batch_size, cfg.workers, cfg.seed
     sampler = None
     if is_train:

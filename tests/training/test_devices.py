@@ -19,13 +19,10 @@ from training.devices import DEVICES, CudaDevice, Device, HpuDevice, MpsDevice, 
 from training.main import main
 from training.stepper import Stepper
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 # the grep of the HPU issue; a test for the "meta" device (deferred initialisation, not hardware) is no branch
 DEVICE_COMPARISON = re.compile(r"""(==|!=)\s*['"](cuda|hpu|mps|cpu)['"]|\.type\s*(==|!=)(?!\s*['"]meta['"])""")
-TRAIN = [
-    "--dataset-type", "synthetic", "--train-num-samples", "64", "--batch-size", "16", "--model", "mclip-tiny",
-    "--epochs", "1", "--warmup", "1", "--workers", "0", "--log-every-n-steps", "2",
-]  # fmt: skip
+LOG_EVERY_2 = ["--log-every-n-steps", "2"]  # 4 steps: logged at steps 2 and 4
 
 
 def test_auto_prefers_cuda_then_hpu_then_mps_then_cpu(monkeypatch):
@@ -44,13 +41,13 @@ def test_auto_prefers_cuda_then_hpu_then_mps_then_cpu(monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
-def test_cuda_without_cuda_names_the_devices_that_exist(tmp_path):
+def test_cuda_without_cuda_names_the_devices_that_exist(tmp_path, tiny_synthetic):
     here = available_devices()
-    with pytest.raises(ValueError, match=re.escape(f"--device cuda was asked for but is not available here; "
-                                                   f"available: {here}")):  # fmt: skip
+    message = f"--device cuda was asked for but is not available here; available: {here}"
+    with pytest.raises(ValueError, match=re.escape(message)):
         get_device("cuda")
     with pytest.raises(ValueError, match=re.escape(f"available: {here}")):
-        main(["--device", "cuda", *TRAIN, "--logs", str(tmp_path), "--name", "nocuda"])
+        main(["--device", "cuda", *tiny_synthetic(), "--logs", str(tmp_path), "--name", "nocuda"])
     assert not (tmp_path / "nocuda").exists()  # it failed before creating anything
 
 
@@ -89,7 +86,7 @@ def test_cpu_device_contract():
         assert not torch.is_autocast_enabled("cpu")
     device.mark_step()  # no-ops on the CPU
     device.synchronize()
-    assert device.memory_stats() == {} and device.compile_backend == "inductor" and device.pin_memory is False
+    assert device.memory_stats() == {} and device.compile_backend == "inductor"
     layer = torch.nn.Linear(5, 4)
     layer(torch.linspace(-1, 1, 10).reshape(2, 5)).pow(2).sum().backward()
     grads = [p.grad.clone() for p in layer.parameters()]
@@ -112,7 +109,8 @@ def test_stepper_clips_through_the_device():
             return torch.tensor(0.0)
 
     device, layer = Recording(), torch.nn.Linear(3, 2)
-    stepper = Stepper(torch.optim.SGD(layer.parameters(), lr=0.1), device=device, scaler=None, grad_clip_norm=2.0)
+    optimizer, fp32 = torch.optim.SGD(layer.parameters(), lr=0.1), Precision.parse("fp32")
+    stepper = Stepper(optimizer, device=device, precision=fp32, grad_clip_norm=2.0)
     stepper.backward(layer(torch.ones(1, 3)).sum())
     stepper.step()
     assert device.calls == ["mark_step", ("clip", 2, 2.0), "mark_step"]
@@ -126,21 +124,24 @@ def _check_run(run_dir: Path) -> None:
     assert all(math.isfinite(r["loss"]) and r["max_memory_gb"] > 0 for r in train)
 
 
+@pytest.mark.e2e
 @pytest.mark.cuda
 @pytest.mark.parametrize("precision", ["amp", "amp_bf16"])
-def test_real_cuda_training_run(tmp_path, precision):
-    main(["--device", "cuda", *TRAIN, "--precision", precision, "--logs", str(tmp_path), "--name", precision])
+def test_real_cuda_training_run(tmp_path, precision, tiny_synthetic):
+    flags = [*tiny_synthetic(), *LOG_EVERY_2, "--precision", precision]
+    main(["--device", "cuda", *flags, "--logs", str(tmp_path), "--name", precision])
     _check_run(tmp_path / precision)
 
 
+@pytest.mark.e2e
 @pytest.mark.hpu
 @pytest.mark.parametrize("lazy", ["1", "0"], ids=["lazy", "eager"])
-def test_real_gaudi_training_run(tmp_path, lazy):
+def test_real_gaudi_training_run(tmp_path, lazy, tiny_synthetic):
     # a subprocess per mode: the Habana bridge reads PT_HPU_LAZY_MODE when it is first imported
-    cmd = [sys.executable, "-m", "training.main", "--device", "hpu", *TRAIN, "--precision", "amp_bf16",
-           "--grad-clip-norm", "1.0", "--logs", str(tmp_path), "--name", "gaudi"]  # fmt: skip
-    result = subprocess.run(cmd, env={**os.environ, "PT_HPU_LAZY_MODE": lazy}, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
+    flags = [*tiny_synthetic(), *LOG_EVERY_2, *"--device hpu --precision amp_bf16 --grad-clip-norm 1.0".split()]
+    command = [sys.executable, "-m", "training.main", *flags, "--logs", str(tmp_path), "--name", "gaudi"]
+    env = {**os.environ, "PT_HPU_LAZY_MODE": lazy}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "on HpuDevice(hpu, " in result.stdout
     _check_run(tmp_path / "gaudi")
@@ -149,7 +150,7 @@ def test_real_gaudi_training_run(tmp_path, lazy):
 def test_accelerator_generators_travel_in_checkpoints(monkeypatch):
     """CUDA's generator state is saved with the CPU's and restored on resume (dropout on the GPU draws from it);
     a checkpoint from another device type restores the CPU state and leaves the accelerator's alone."""
-    from training.checkpoint import rng_state, set_rng_state
+    from training.rng import rng_state, set_rng_state
 
     generator = {"state": torch.arange(8, dtype=torch.uint8)}
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: generator["state"].clone())
@@ -167,3 +168,13 @@ def test_accelerator_generators_travel_in_checkpoints(monkeypatch):
     assert from_cpu["device"] == {}
     set_rng_state(from_cpu, device)  # a CPU checkpoint resumed on a GPU: nothing to restore there
     assert torch.equal(generator["state"], torch.arange(8, dtype=torch.uint8))
+
+
+def test_unavailable_device_names_the_ones_that_exist():
+    assert "cpu" in available_devices()
+    if "cuda" not in available_devices():
+        with pytest.raises(ValueError, match=r"--device cuda .* not available here; available: \['cpu'\]"):
+            get_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        get_device("tpu")
+    assert get_device("cpu").dist_backend == "gloo"

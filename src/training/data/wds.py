@@ -17,19 +17,17 @@ import re
 import tarfile
 import zlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 
-from .data_info import DataInfo, SharedEpoch, SkipCounter
-from .data_samples import Sample, SampleDecoder
+from ..config import DataConfig
+from .info import DataInfo, SharedEpoch, SkipCounter
+from .samples import Sample, SampleDecoder
 
-if TYPE_CHECKING:
-    from .data import DataConfig
-
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _META_ENTRY = re.compile(r"__[^/]*__($|/)")  # e.g. __len__, __index__/...: shard metadata, not sample entries
 _MAX_SKIPS_IN_A_ROW = 10_000

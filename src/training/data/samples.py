@@ -18,7 +18,7 @@ from PIL import Image
 
 from open_mclip.transform import load_image
 
-from .data_info import SkipCounter
+from .info import SkipCounter
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")  # in order of preference, as open_clip renames them
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,16 +11,12 @@ import torch
 from training.checkpoint import load
 
 
+@pytest.mark.e2e
 @pytest.mark.distributed
-def test_torchrun_two_processes_train_and_checkpoint(tmp_path, free_port):
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "training.main", "--",  # "--": torchrun would take --logs
-        "--dataset-type", "synthetic", "--train-num-samples", "64", "--batch-size", "8", "--model", "mclip-tiny",
-        "--epochs", "1", "--warmup", "1", "--workers", "0", "--precision", "fp32", "--device", "cpu",
-        "--local-loss", "--gather-with-grad", "--log-every-n-steps", "1", "--logs", str(tmp_path), "--name", "ddp",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+def test_torchrun_two_processes_train_and_checkpoint(tmp_path, torchrun, tiny_synthetic):
+    flags = [*tiny_synthetic(batch_size=8), *"--precision fp32 --device cpu --local-loss --gather-with-grad".split()]
+    command = torchrun(*flags, "--log-every-n-steps", "1", "--logs", str(tmp_path), "--name", "ddp")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "rank 1 of 2 on Device(cpu) (gloo)" in result.stdout and "rank 0 of 2" in result.stdout
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]

@@ -3,22 +3,17 @@ and language tags read from CSV columns and WebDataset .json fields through the 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 import webdataset as wds
 from PIL import Image
 
-from open_mclip.transform import PreprocessConfig, image_transform
 from training.data import DataConfig, get_data
-from training.devices import get_device
-from training.evaluate import language_recall, recall_metrics, retrieval_ranks, retrieval_table, validate
+from training.eval.retrieval import language_recall, recall_metrics, retrieval_ranks, retrieval_table, validate
 from training.main import main
 from training.params import parse_args
 
@@ -38,8 +33,10 @@ def reference_ranks(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Te
 
 def reference_recall(image_features: torch.Tensor, text_features: torch.Tensor) -> dict[str, float]:
     out = {}
-    for name, ranks in (("image_to_text", reference_ranks(image_features, text_features)),
-                        ("text_to_image", reference_ranks(text_features, image_features))):  # fmt: skip
+    for name, ranks in (
+        ("image_to_text", reference_ranks(image_features, text_features)),
+        ("text_to_image", reference_ranks(text_features, image_features)),
+    ):
         out.update({f"{name}_R@{k}": (ranks < k).double().mean().item() for k in (1, 5, 10)})
     return out
 
@@ -84,8 +81,12 @@ def test_recall_per_language_is_recall_within_each_language():
     images, texts = integer_features(90, 8, seed=2)
     langs = [LANGS[i % 4] if i % 11 else "pt-BR" for i in range(90)]
     got = language_recall(images, texts, langs, chunk=5)
-    expected_keys = {f"{lang}_{d}_R@{k}" for lang in ("en", "de", "fr", "pt-BR")
-                     for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}  # fmt: skip
+    expected_keys = {
+        f"{lang}_{d}_R@{k}"
+        for lang in ("en", "de", "fr", "pt-BR")
+        for d in ("image_to_text", "text_to_image")
+        for k in (1, 5, 10)
+    }
     expected_keys |= {f"{lang}_num_samples" for lang in ("en", "de", "fr", "pt-BR")}
     assert set(got) == expected_keys  # untagged pairs ("") get no bucket of their own
     for lang in ("en", "de", "fr", "pt-BR"):
@@ -103,24 +104,6 @@ def test_recall_per_language_is_recall_within_each_language():
 
 
 # ------------------------------------------------------------------------------------------ real-image data
-
-
-@pytest.fixture(scope="module")
-def digits(mnist) -> tuple[np.ndarray, np.ndarray]:
-    """The first 48 MNIST test digits as 28x28 uint8 images, and their labels."""
-    images, labels = mnist["test"]
-    return images[:48], labels[:48]
-
-
-@pytest.fixture(scope="module")
-def preprocess():
-    return image_transform(PreprocessConfig(size=28), is_train=False)
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class PixelModel(torch.nn.Module):
@@ -144,7 +127,7 @@ class PixelModel(torch.nn.Module):
         return normalize(image_features, dim=1), normalize(text_features, dim=1), torch.tensor(10.0)
 
 
-def test_webdataset_language_tags_reach_validate(tmp_path, digits, clip_tokenizer, preprocess):
+def test_webdataset_language_tags_reach_validate(tmp_path, digits, png, clip_tokenizer, preprocess, cpu_fp32):
     tokenizer = clip_tokenizer
     images, labels = digits
     captions = [f"digit {labels[i]} number {i}" for i in range(44)]
@@ -152,7 +135,7 @@ def test_webdataset_language_tags_reach_validate(tmp_path, digits, clip_tokenize
     expected = {}  # index -> language of every usable sample
     with wds.TarWriter(str(shard)) as writer:
         for i in range(40):
-            sample = {"__key__": f"{i:04d}", "png": _png(images[i]), "txt": captions[i]}
+            sample = {"__key__": f"{i:04d}", "png": png(images[i]), "txt": captions[i]}
             if LANGS[i % 4]:
                 sample["json"] = {"lang": LANGS[i % 4], "width": 28}
             elif i % 8 == 3:
@@ -161,7 +144,7 @@ def test_webdataset_language_tags_reach_validate(tmp_path, digits, clip_tokenize
             writer.write(sample)
         for i, bad in ((40, 5), (41, ["en"]), (42, "en US"), (43, None)):  # a number, a list, a space, bad json
             meta = b"{not json" if bad is None else {"lang": bad}
-            writer.write({"__key__": f"{i:04d}", "png": _png(images[i]), "txt": captions[i], "json": meta})
+            writer.write({"__key__": f"{i:04d}", "png": png(images[i]), "txt": captions[i], "json": meta})
     cfg = DataConfig(val_data=str(shard), batch_size=8, workers=1)
     info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=tokenizer)["val"]
     model = PixelModel(digits, captions, tokenizer=tokenizer, preprocess=preprocess)
@@ -172,8 +155,7 @@ def test_webdataset_language_tags_reach_validate(tmp_path, digits, clip_tokenize
     assert seen == expected  # every good sample once, with its own tag
     assert info.skipped.by_reason() == {"bad_lang": 4}  # bad tags are skipped and counted, not fatal
 
-    metrics = validate(model, info.dataloader, lambda *_: torch.tensor(0.0), device=get_device("cpu"),
-                       autocast=contextlib.nullcontext)  # fmt: skip
+    metrics = validate(model, info.dataloader, lambda *_: torch.tensor(0.0), placement=cpu_fp32)
     assert metrics["num_samples"] == 40
     pixels = torch.stack([preprocess(Image.fromarray(images[i])) for i in range(40)])
     image_features, text_features, _ = model(pixels, tokenizer(captions[:40]))
@@ -200,12 +182,13 @@ def _digit_csv(folder: Path, digits, langs: list[str], *, lang_column: str = "la
     return path
 
 
+@pytest.mark.e2e
 def test_csv_val_set_reports_recall_per_language_through_training_main(tmp_path, digits):
     langs = ["en"] * 10 + ["de"] * 10 + ["fr"] * 8 + [""] * 6
     langs = [langs[(7 * i) % 34] for i in range(34)]  # interleaved, so every batch mixes languages
     csv = _digit_csv(tmp_path, digits, langs)
-    results = main(["--val-data", str(csv), "--model", "mclip-tiny", "--batch-size", "16", "--workers", "0",
-                    "--precision", "fp32", "--seed", "1", "--logs", str(tmp_path), "--name", "eval"])  # fmt: skip
+    flags = "--model mclip-tiny --batch-size 16 --workers 0 --precision fp32 --seed 1"
+    results = main(["--val-data", str(csv), *flags.split(), "--logs", str(tmp_path), "--name", "eval"])
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())["val"]
     assert saved == pytest.approx(results["val"])
     assert saved["num_samples"] == 34
@@ -234,10 +217,24 @@ def test_csv_language_column_bad_tags_and_training_batches(tmp_path, digits, cli
     assert data["val"].skipped.by_reason() == {"bad_lang": 1}
     assert all(len(batch) == 2 for batch in data["train"].dataloader)  # training batches stay (images, texts)
     assert data["train"].skipped.total == 0  # and training does not read the tags
-    default = get_data(DataConfig(val_data=str(csv), batch_size=8, workers=0), preprocess_train=preprocess,
-                       preprocess_val=preprocess, tokenizer=tokenizer)["val"]  # fmt: skip
+    default = get_data(
+        DataConfig(val_data=str(csv), batch_size=8, workers=0),
+        preprocess_train=preprocess,
+        preprocess_val=preprocess,
+        tokenizer=tokenizer,
+    )["val"]
     assert list(next(iter(default.dataloader))[2]) == [""] * 8  # no "lang" column: untagged
     assert parse_args(["--val-lang-key", "language"]).data.val_lang_key == "language"
     assert parse_args([]).data.val_lang_key == "lang"
     with pytest.raises(ValueError, match="val_lang_key=''"):
         DataConfig(val_lang_key="")
+
+
+def test_retrieval_ranks_match_a_naive_ranking():
+    torch.manual_seed(1)
+    queries = torch.nn.functional.normalize(torch.randn(50, 8), dim=-1)
+    candidates = torch.nn.functional.normalize(queries + 0.8 * torch.randn(50, 8), dim=-1)
+    ranks = retrieval_ranks(queries, candidates, chunk=7)
+    for i in range(50):
+        order = sorted(range(50), key=lambda j: -float(queries[i] @ candidates[j]))
+        assert ranks[i].item() == order.index(i)

@@ -21,18 +21,14 @@ from training.checkpoint import load
 from training.optim import param_groups
 
 FAKE = Path(__file__).parent / "fake_habana"
-BASE = [
-    "--device", "hpu", "--dataset-type", "synthetic", "--train-num-samples", "64", "--batch-size", "16",
-    "--model", "mclip-tiny", "--epochs", "1", "--precision", "amp_bf16", "--workers", "0", "--grad-clip-norm", "1.0",
-    "--log-every-n-steps", "2", "--warmup", "1", "--seed", "0",
-]  # fmt: skip
+HPU = "--device hpu --precision amp_bf16 --grad-clip-norm 1.0 --log-every-n-steps 2 --seed 0".split()
 AUTOCAST = {"call": "autocast", "device_type": "hpu", "dtype": "bfloat16"}
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PT_HPU_LAZY_MODE", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(PYTHONPATH=os.pathsep.join([str(FAKE), env.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1",
-               FAKE_HABANA_LOG=str(tmp_path / "calls"), **extra)  # fmt: skip
+    env["PYTHONPATH"] = os.pathsep.join([str(FAKE), env.get("PYTHONPATH", "")])
+    env.update(OMP_NUM_THREADS="1", FAKE_HABANA_LOG=str(tmp_path / "calls"), **extra)
     return env
 
 
@@ -41,8 +37,14 @@ def _calls(tmp_path: Path, rank: int = 0) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
-def _train(tmp_path: Path, *extra: str, **env: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "training.main", *BASE, *extra, "--logs", str(tmp_path), "--name", "run"]
+@pytest.fixture(scope="module")
+def base(tiny_synthetic) -> list[str]:
+    """4 optimizer steps on the (fake) HPU under bf16 autocast, with clipping, logged every 2 steps."""
+    return [*tiny_synthetic(), *HPU]
+
+
+def _train(tmp_path: Path, base: list[str], *extra: str, **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "training.main", *base, *extra, "--logs", str(tmp_path), "--name", "run"]
     return subprocess.run(cmd, env=_env(tmp_path, **env), capture_output=True, text=True, timeout=300)
 
 
@@ -67,13 +69,14 @@ def _train_rows(run_dir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def lazy_run(tmp_path_factory):
+def lazy_run(tmp_path_factory, base):
     tmp_path = tmp_path_factory.mktemp("hpu_lazy")
-    result = _train(tmp_path)
+    result = _train(tmp_path, base)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return tmp_path, result
 
 
+@pytest.mark.e2e
 def test_lazy_mode_calls_the_bridge_in_the_exact_order(lazy_run):
     tmp_path, result = lazy_run
     calls = _calls(tmp_path)
@@ -87,6 +90,7 @@ def test_lazy_mode_calls_the_bridge_in_the_exact_order(lazy_run):
     assert "on HpuDevice(cpu, lazy mode) (hccl)" in result.stdout  # the collective backend is hccl
 
 
+@pytest.mark.e2e
 def test_lazy_run_logs_metrics_and_its_checkpoint_loads_on_cpu(lazy_run):
     tmp_path, _ = lazy_run
     rows = _train_rows(tmp_path / "run")
@@ -113,8 +117,9 @@ def test_lazy_run_logs_metrics_and_its_checkpoint_loads_on_cpu(lazy_run):
     assert torch.isfinite(image_features).all() and torch.isfinite(text_features).all()
 
 
-def test_eager_mode_never_calls_mark_step(tmp_path):
-    result = _train(tmp_path, PT_HPU_LAZY_MODE="0")
+@pytest.mark.e2e
+def test_eager_mode_never_calls_mark_step(tmp_path, base):
+    result = _train(tmp_path, base, PT_HPU_LAZY_MODE="0")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     names = [c["call"] for c in _calls(tmp_path)]
     assert "mark_step" not in names
@@ -122,8 +127,9 @@ def test_eager_mode_never_calls_mark_step(tmp_path):
     assert "on HpuDevice(cpu, eager mode) (hccl)" in result.stdout
 
 
-def test_fp16_on_hpu_fails_clearly(tmp_path):
-    result = _train(tmp_path, "--precision", "amp")
+@pytest.mark.e2e
+def test_fp16_on_hpu_fails_clearly(tmp_path, base):
+    result = _train(tmp_path, base, "--precision", "amp")
     assert result.returncode != 0
     assert "ValueError: --precision amp uses float16, which the HPU backend does not support" in result.stderr
     assert "amp_bf16" in result.stderr.splitlines()[-1]
@@ -159,13 +165,10 @@ def test_device_directly(tmp_path, hpex):
         assert out["calls"] == ["backward", "memory_stats"]
 
 
+@pytest.mark.e2e
 @pytest.mark.distributed
-def test_two_processes_use_hccl(tmp_path, free_port):
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "training.main", "--", *BASE, "--log-every-n-steps", "1",
-        "--logs", str(tmp_path), "--name", "ddp",
-    ]  # fmt: skip
+def test_two_processes_use_hccl(tmp_path, base, torchrun):
+    cmd = torchrun(*base, "--log-every-n-steps", "1", "--logs", str(tmp_path), "--name", "ddp")
     result = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for rank in (0, 1):
@@ -179,8 +182,8 @@ def test_two_processes_use_hccl(tmp_path, free_port):
 
 def test_srun_without_torchrun_gives_the_bridge_slurm_ranks(tmp_path):
     """One SLURM task per card: hccl is imported with WORLD_SIZE, RANK and LOCAL_RANK taken from SLURM's variables."""
-    code = ("import json; from training.devices import get_device; get_device('hpu').setup(1); "
-            "from habana_frameworks.fake_log import CALLS; print(json.dumps(CALLS))")  # fmt: skip
+    code = "import json; from training.devices import get_device; get_device('hpu').setup(1); "
+    code += "from habana_frameworks.fake_log import CALLS; print(json.dumps(CALLS))"
     env = _env(tmp_path, SLURM_NTASKS="16", SLURM_PROCID="9", SLURM_LOCALID="1")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]

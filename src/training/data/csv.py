@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
 
 import pandas as pd
 from torch.utils.data import Dataset
 
-from .data_info import DataInfo, map_style_data_info
-from .data_samples import Sample, SampleDecoder, resolve_path
+from ..config import DataConfig
+from .info import DataInfo, map_style_data_info
+from .samples import Sample, SampleDecoder, resolve_path
 
-if TYPE_CHECKING:
-    from .data import DataConfig
-
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def read_table(
@@ -51,8 +48,9 @@ class CsvDataset(Dataset):
         if not self.images:
             raise ValueError(f"CSV file {path} has no rows")
         if decoder.lang_key is not None and self.langs is None:
-            logger.info("%s has no column %r: its captions are untagged (recall over all pairs only)",
-                        path, decoder.lang_key)  # fmt: skip
+            log.info(
+                "%s has no column %r: its captions are untagged (recall over all pairs only)", path, decoder.lang_key
+            )
 
     def __len__(self) -> int:
         return len(self.images)

@@ -14,21 +14,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from open_mclip.tokenizer import ClipTokenizer
-from open_mclip.transform import PreprocessConfig, image_transform
 from training.data import DataConfig, DataInfo, get_data
 
 EXPECTED_SKIPS = {"bad_image": 2, "no_caption": 1, "empty_caption": 1}
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> ClipTokenizer:
-    return ClipTokenizer()
-
-
-@pytest.fixture(scope="module")
-def preprocess():
-    return image_transform(PreprocessConfig(size=32), is_train=False)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +59,9 @@ def corrupt_shards(tmp_path_factory, photo_jpegs) -> str:
     return str(folder / "part-{000000..000003}.tar")
 
 
-def run_epoch(info: DataInfo, jpegs: dict[str, bytes], tokenizer, preprocess) -> list[str]:
+def run_epoch(info: DataInfo, jpegs: dict[str, bytes], clip_tokenizer, preprocess) -> list[str]:
     """Iterate once; every image must be the good photo its caption names. Returns the captions seen."""
-    lookup = {tuple(tokenizer([c])[0].tolist()): c for c in jpegs}
+    lookup = {tuple(clip_tokenizer([c])[0].tolist()): c for c in jpegs}
     seen = []
     for images, texts, *_ in info.dataloader:  # validation batches also carry language tags
         for image, tokens in zip(images, texts):
@@ -84,34 +72,34 @@ def run_epoch(info: DataInfo, jpegs: dict[str, bytes], tokenizer, preprocess) ->
     return seen
 
 
-def test_train_loader_skips_and_counts_bad_samples(corrupt_shards, photo_jpegs, tokenizer, preprocess):
+def test_train_loader_skips_and_counts_bad_samples(corrupt_shards, photo_jpegs, clip_tokenizer, preprocess):
     # shuffle_buffer=1 keeps the write order, so each worker meets its bad samples before its quota is filled
     cfg = DataConfig(train_data=corrupt_shards, train_num_samples=16, batch_size=4, workers=2, shuffle_buffer=1)
-    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=tokenizer)["train"]
+    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=clip_tokenizer)["train"]
     assert info.num_batches == 4
-    seen = run_epoch(info, photo_jpegs, tokenizer, preprocess)
+    seen = run_epoch(info, photo_jpegs, clip_tokenizer, preprocess)
     assert sorted(seen) == sorted(photo_jpegs)  # every good sample once, nothing else
     assert info.skipped.by_reason() == EXPECTED_SKIPS and info.skipped.total == 4  # counted in the workers
 
 
-def test_shuffled_train_loader_gives_only_good_samples(corrupt_shards, photo_jpegs, tokenizer, preprocess):
+def test_shuffled_train_loader_gives_only_good_samples(corrupt_shards, photo_jpegs, clip_tokenizer, preprocess):
     cfg = DataConfig(train_data=corrupt_shards, train_num_samples=32, batch_size=4, workers=2)
-    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=tokenizer)["train"]
-    seen = run_epoch(info, photo_jpegs, tokenizer, preprocess)
+    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=clip_tokenizer)["train"]
+    seen = run_epoch(info, photo_jpegs, clip_tokenizer, preprocess)
     assert len(seen) == 32 and set(seen) == set(photo_jpegs)  # two passes over the good samples
     assert set(info.skipped.by_reason()) == set(EXPECTED_SKIPS) and 4 <= info.skipped.total <= 8
 
 
-def test_validation_loader_counts_every_bad_sample(corrupt_shards, photo_jpegs, tokenizer, preprocess):
+def test_validation_loader_counts_every_bad_sample(corrupt_shards, photo_jpegs, clip_tokenizer, preprocess):
     cfg = DataConfig(val_data=corrupt_shards, batch_size=5, workers=2)
-    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=tokenizer)["val"]
-    assert sorted(run_epoch(info, photo_jpegs, tokenizer, preprocess)) == sorted(photo_jpegs)
+    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=clip_tokenizer)["val"]
+    assert sorted(run_epoch(info, photo_jpegs, clip_tokenizer, preprocess)) == sorted(photo_jpegs)
     assert info.skipped.by_reason() == EXPECTED_SKIPS
     info.skipped.reset()
     assert info.skipped.total == 0 and info.skipped.by_reason() == {}
 
 
-def test_unreadable_shards_and_stray_files(tmp_path, photo_jpegs, tokenizer, preprocess):
+def test_unreadable_shards_and_stray_files(tmp_path, photo_jpegs, clip_tokenizer, preprocess):
     good = list(photo_jpegs.items())
     with wds.TarWriter(str(tmp_path / "s-0.tar")) as writer:
         writer.write({"__key__": "README", "md": b"# notes about this shard"})  # not a sample: no image
@@ -122,19 +110,19 @@ def test_unreadable_shards_and_stray_files(tmp_path, photo_jpegs, tokenizer, pre
     # s-2.tar is missing
     shards = f"{tmp_path}/s-{{0..2}}.tar"
     cfg = DataConfig(val_data=shards, val_num_samples=3, batch_size=2, workers=0)
-    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=tokenizer)["val"]
-    assert sorted(run_epoch(info, photo_jpegs, tokenizer, preprocess)) == sorted(c for c, _ in good[:3])
+    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=clip_tokenizer)["val"]
+    assert sorted(run_epoch(info, photo_jpegs, clip_tokenizer, preprocess)) == sorted(c for c, _ in good[:3])
     assert info.skipped.by_reason() == {"no_image": 1, "unreadable_shard": 2}
 
 
-def test_skips_are_logged_for_the_first_few_only(tmp_path, photo_jpegs, tokenizer, preprocess, caplog):
+def test_skips_are_logged_for_the_first_few_only(tmp_path, photo_jpegs, clip_tokenizer, preprocess, caplog):
     jpeg = next(iter(photo_jpegs.values()))
     with wds.TarWriter(str(tmp_path / "e-0.tar")) as writer:
         for i in range(7):
             writer.write({"__key__": f"empty{i}", "jpg": jpeg, "txt": ""})
         writer.write({"__key__": "good", "jpg": jpeg, "txt": "a photo"})
     cfg = DataConfig(val_data=str(tmp_path / "e-0.tar"), batch_size=1, workers=0)
-    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=tokenizer)["val"]
+    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=clip_tokenizer)["val"]
     with caplog.at_level(logging.WARNING, logger="training"):
         assert len(list(info.dataloader)) == 1
     messages = [r.getMessage() for r in caplog.records if "skipped a sample" in r.getMessage()]
@@ -143,7 +131,7 @@ def test_skips_are_logged_for_the_first_few_only(tmp_path, photo_jpegs, tokenize
     assert info.skipped.by_reason() == {"empty_caption": 7}
 
 
-def test_csv_rows_with_bad_images_or_captions(tmp_path, photo_jpegs, tokenizer, preprocess):
+def test_csv_rows_with_bad_images_or_captions(tmp_path, photo_jpegs, clip_tokenizer, preprocess):
     good = list(photo_jpegs.items())[:8]
     rows = []
     for i, (caption, jpeg) in enumerate(good):
@@ -152,31 +140,35 @@ def test_csv_rows_with_bad_images_or_captions(tmp_path, photo_jpegs, tokenizer, 
     whole = good[0][1]
     (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 3])
     (tmp_path / "notes.jpg").write_text("plain text, not an image")
-    for position, row in ((1, ("cut.jpg", "a truncated photo")), (3, ("notes.jpg", "text file")),
-                          (5, ("0.jpg", "")), (7, ("gone.jpg", "a photo that was deleted"))):  # fmt: skip
+    for position, row in (
+        (1, ("cut.jpg", "a truncated photo")),
+        (3, ("notes.jpg", "text file")),
+        (5, ("0.jpg", "")),
+        (7, ("gone.jpg", "a photo that was deleted")),
+    ):
         rows.insert(position, row)
     pd.DataFrame(rows, columns=["filepath", "title"]).to_csv(tmp_path / "pairs.tsv", sep="\t", index=False)
     cfg = DataConfig(train_data=str(tmp_path / "pairs.tsv"), batch_size=4, workers=2)
-    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=tokenizer)["train"]
+    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=clip_tokenizer)["train"]
     assert (info.num_samples, info.num_batches) == (12, 3)  # a bad row is replaced: batches keep their size
-    seen = run_epoch(info, photo_jpegs, tokenizer, preprocess)
+    seen = run_epoch(info, photo_jpegs, clip_tokenizer, preprocess)
     assert len(seen) == 12 and set(seen) == {c for c, _ in good}
     assert info.skipped.by_reason() == {"bad_image": 2, "missing_image": 1, "empty_caption": 1}
 
 
-def test_an_all_bad_csv_fails_clearly(tmp_path, tokenizer, preprocess):
+def test_an_all_bad_csv_fails_clearly(tmp_path, clip_tokenizer, preprocess):
     (tmp_path / "x.png").write_bytes(np.zeros(64, dtype=np.uint8).tobytes())
     pd.DataFrame({"filepath": ["x.png"], "title": ["zeros"]}).to_csv(tmp_path / "bad.tsv", sep="\t", index=False)
     cfg = DataConfig(val_data=str(Path(tmp_path) / "bad.tsv"), batch_size=1, workers=0)
-    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=tokenizer)["val"]
+    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=clip_tokenizer)["val"]
     with pytest.raises(RuntimeError, match="no row of .*bad.tsv"):
         next(iter(info.dataloader))
 
 
-def test_counts_survive_spawned_workers(corrupt_shards, photo_jpegs, tokenizer, preprocess):
+def test_counts_survive_spawned_workers(corrupt_shards, photo_jpegs, clip_tokenizer, preprocess):
     # the trainer may start workers with spawn (no shared address space): the counter must still add up
     cfg = DataConfig(val_data=corrupt_shards, batch_size=4, workers=2)
-    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=tokenizer)["val"]
+    info = get_data(cfg, preprocess_train=preprocess, preprocess_val=preprocess, tokenizer=clip_tokenizer)["val"]
     loader = torch.utils.data.DataLoader(
         info.dataloader.dataset, batch_size=4, num_workers=2, multiprocessing_context="spawn"
     )

@@ -29,8 +29,9 @@ from open_mclip.zero_shot_packs import (
     load_zero_shot_pack,
 )
 
-from .config import EvalArgs
-from .distributed import World, all_reduce_sum
+from ..config import EvalConfig
+from ..distributed import World, all_reduce_sum
+from ..placement import Placement
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -104,8 +105,11 @@ def _in_folder_order(names: list | dict, folders: list[str], *, where: str, data
             raise ValueError(f"{where} does not match the class folders of {data_dir}: {'; '.join(parts)}")
         return [names[f] for f in folders]
     if len(names) != len(folders):
-        beyond = (f"folders beyond the list: {_listed(folders[len(names):])}" if len(names) < len(folders)
-                  else f"names beyond the folders: {_listed([str(n) for n in names[len(folders):]])}")  # fmt: skip
+        beyond = (
+            f"folders beyond the list: {_listed(folders[len(names) :])}"
+            if len(names) < len(folders)
+            else f"names beyond the folders: {_listed([str(n) for n in names[len(folders) :]])}"
+        )
         raise ValueError(
             f"{where} has {len(names)} class names but {data_dir} has {len(folders)} class folders; {beyond}. "
             "Give one name per folder in sorted folder order, or an object {folder: name}"
@@ -117,8 +121,14 @@ def _wanted(languages: str | None, default: list[str]) -> list[str]:
     return [lang.strip() for lang in languages.split(",") if lang.strip()] if languages else default
 
 
-def zero_shot_sets(classnames_file: str, templates_file: str, languages: str | None, *, folders: list[str],
-                   data_dir: str = "--zeroshot-data") -> dict[str, ZeroShotSet]:  # fmt: skip
+def zero_shot_sets(
+    classnames_file: str,
+    templates_file: str,
+    languages: str | None,
+    *,
+    folders: list[str],
+    data_dir: str = "--zeroshot-data",
+) -> dict[str, ZeroShotSet]:
     """{language: set} for the requested languages (all that both files have by default), names in folder order."""
     classnames, templates = _by_language(classnames_file, "class names"), _by_language(templates_file, "templates")
     if not all(isinstance(t, list) for t in templates.values()):
@@ -169,7 +179,10 @@ def imagenet_sets(languages: str | None) -> dict[str, ZeroShotSet]:
     return {lang: ZeroShotSet(p.classnames, p.templates, p.class_indices) for lang, p in packs.items()}
 
 
-def zero_shot_plan(cfg: EvalArgs) -> dict[str, tuple[str, dict[str, ZeroShotSet]]]:
+ZeroShotPlan = dict[str, tuple[str, dict[str, ZeroShotSet]]]  # {result key: (image folder, {language: set})}
+
+
+def zero_shot_plan(cfg: EvalConfig) -> ZeroShotPlan:
     """{result key: (folder, sets)} of the configured evaluations. Cheap (no image is read): main() calls it at
     start-up so that bad class names or languages fail before training, not after the first epoch."""
     plan = {}
@@ -177,8 +190,8 @@ def zero_shot_plan(cfg: EvalArgs) -> dict[str, tuple[str, dict[str, ZeroShotSet]
         if not (cfg.zeroshot_classnames and cfg.zeroshot_templates):
             raise ValueError("--zeroshot-data needs --zeroshot-classnames FILE and --zeroshot-templates FILE")
         folders = class_folders(cfg.zeroshot_data, flag="--zeroshot-data")
-        plan["zeroshot"] = (cfg.zeroshot_data, zero_shot_sets(cfg.zeroshot_classnames, cfg.zeroshot_templates,
-                            cfg.zeroshot_languages, folders=folders, data_dir=cfg.zeroshot_data))  # fmt: skip
+        files = (cfg.zeroshot_classnames, cfg.zeroshot_templates, cfg.zeroshot_languages)
+        plan["zeroshot"] = (cfg.zeroshot_data, zero_shot_sets(*files, folders=folders, data_dir=cfg.zeroshot_data))
     if cfg.imagenet_val:
         check_imagenet_folders(class_folders(cfg.imagenet_val, flag="--imagenet-val"), root=cfg.imagenet_val)
         plan["imagenet"] = (cfg.imagenet_val, imagenet_sets(cfg.zeroshot_languages))
@@ -202,20 +215,32 @@ def _hits(features: torch.Tensor, classifier: torch.Tensor, target: torch.Tensor
 
 
 @torch.no_grad()
-def evaluate_sets(model, dataset: ImageFolder, sets: dict[str, ZeroShotSet], *, tokenizer, device, autocast,
-                  world: World, workers: int = 2, batch_size: int = 256) -> dict:  # fmt: skip
+def evaluate_sets(
+    model,
+    dataset: ImageFolder,
+    sets: dict[str, ZeroShotSet],
+    *,
+    tokenizer,
+    placement: Placement,
+    world: World,
+    workers: int = 2,
+    batch_size: int = 256,
+) -> dict:
     """Top-1/top-5 accuracy per language over the images of all ranks' shards of `dataset`."""
     model.eval()
+    device = placement.device
     where = device.torch_device
-    with autocast():
-        classifiers = [build_zero_shot_classifier(model, tokenizer, s.classnames, s.templates, device=where).float()
-                       for s in sets.values()]  # fmt: skip
+    with placement.autocast():
+        classifiers = [
+            build_zero_shot_classifier(model, tokenizer, s.classnames, s.templates, device=where).float()
+            for s in sets.values()
+        ]
     label_maps = [_label_map(s.labels, len(dataset.classes), where) for s in sets.values()]
     counts = torch.zeros(len(sets), 3, device=where)  # (languages, [top-1 hits, top-5 hits, images])
     total = torch.zeros(1, device=where)
     for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
-        with autocast():
-            features = model.encode_image(images.to(where), normalize=True).float()  # (batch, dim)
+        with placement.autocast():
+            features = model.encode_image(placement.images(images), normalize=True).float()  # (batch, dim)
         labels = labels.to(where)
         for i, (classifier, label_map) in enumerate(zip(classifiers, label_maps)):
             counts[i] += _hits(features, classifier, label_map[labels])
@@ -238,12 +263,26 @@ def _metrics(sets: dict[str, ZeroShotSet], counts: torch.Tensor, total: int) -> 
     return out
 
 
-def zero_shot(model, plan: dict[str, tuple[str, dict[str, ZeroShotSet]]], *, tokenizer, preprocess, device,
-              autocast, world: World, workers: int = 2) -> dict[str, dict]:  # fmt: skip
+def zero_shot(
+    model, plan: ZeroShotPlan, *, tokenizer, preprocess, placement: Placement, world: World, workers: int = 2
+) -> dict[str, dict]:
     """Results per evaluation set of `plan` (from `zero_shot_plan`), each rank on its shard of the images."""
     results = {}
     for key, (root, sets) in plan.items():
         dataset = ImageFolder(root, preprocess, rank=world.rank, world_size=world.world_size)
-        results[key] = evaluate_sets(model, dataset, sets, tokenizer=tokenizer, device=device, autocast=autocast,
-                                     world=world, workers=workers)  # fmt: skip
+        results[key] = evaluate_sets(
+            model, dataset, sets, tokenizer=tokenizer, placement=placement, world=world, workers=workers
+        )
     return results
+
+
+def zero_shot_table(metrics: dict) -> str:
+    """A plain-text table: one row per language with top-1 and top-5 accuracy in percent and the images scored."""
+    languages = [key[: -len("_top1")] for key in metrics if key.endswith("_top1")]
+    rows = ["language | top-1 | top-5 | images", "---------|-------|-------|-------"]
+    for lang in languages:
+        images = metrics.get(f"{lang}_num_images", metrics.get("num_images", ""))
+        rows.append(
+            f"{lang:<8} | {100 * metrics[f'{lang}_top1']:5.1f} | {100 * metrics[f'{lang}_top5']:5.1f} | {images}"
+        )
+    return "\n".join(rows)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import string
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .data_info import DataInfo, map_style_data_info
-from .data_samples import Sample, SampleDecoder
-
-if TYPE_CHECKING:
-    from .data import DataConfig
+from ..config import DataConfig
+from .info import DataInfo, map_style_data_info
+from .samples import Sample, SampleDecoder
 
 _LETTERS = np.array(list(string.ascii_lowercase))
 

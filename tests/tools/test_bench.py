@@ -145,6 +145,7 @@ def test_run_rejects_a_filter_that_matches_nothing():
         main(["--only", "no such case", "--no-memory"])
 
 
+@pytest.mark.e2e
 def test_trainers_run_the_same_command_line_and_log_every_step(tmp_path):
     """open_clip's trainer and ours take one command line (CSV of real JPEGs) and both log each step's rate."""
     from bench.trainers import main as trainers_main

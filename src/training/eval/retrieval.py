@@ -1,4 +1,4 @@
-"""Evaluation in the loop: validation loss and image<->text retrieval recall (zero-shot is in zero_shot_eval.py).
+"""Validation: the contrastive loss and image<->text retrieval recall on --val-data (zero-shot is in zero_shot.py).
 
 Retrieval ranks are computed in chunks of queries against all candidates, so memory grows linearly with the
 validation set (no N x N matrix). Captions tagged with a language also get recall per language.
@@ -6,12 +6,12 @@ validation set (no N x N matrix). Captions tagged with a language also get recal
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
 
-log = logging.getLogger(__name__)
+from ..placement import Placement
+
 RECALL_AT = (1, 5, 10)
 
 
@@ -37,8 +37,8 @@ def retrieval_ranks(queries: torch.Tensor, candidates: torch.Tensor, *, chunk: i
 def recall_metrics(image_features: torch.Tensor, text_features: torch.Tensor, *, chunk: int = 1024) -> dict[str, float]:
     """``image_to_text_R@k`` and ``text_to_image_R@k`` for k in 1, 5, 10: pair i is image i with caption i."""
     out = {}
-    for name, (q, c) in {"image_to_text": (image_features, text_features),
-                         "text_to_image": (text_features, image_features)}.items():  # fmt: skip
+    directions = {"image_to_text": (image_features, text_features), "text_to_image": (text_features, image_features)}
+    for name, (q, c) in directions.items():
         ranks = retrieval_ranks(q, c, chunk=chunk)
         for k in RECALL_AT:
             out[f"{name}_R@{k}"] = (ranks < k).float().mean().item()
@@ -74,8 +74,11 @@ def retrieval_table(metrics: dict) -> str:
     """A plain-text table of recall in percent: the whole set ("all"), then one row per language tag."""
     langs = [key[: -len("_num_samples")] for key in metrics if key.endswith("_num_samples")]
     width = max([8, *(len(lang) for lang in langs)])
-    columns = {f"{short} R@{k}": f"{name}_R@{k}" for short, name in (("i->t", "image_to_text"),
-               ("t->i", "text_to_image")) for k in RECALL_AT}  # fmt: skip
+    columns = {
+        f"{short} R@{k}": f"{name}_R@{k}"
+        for short, name in (("i->t", "image_to_text"), ("t->i", "text_to_image"))
+        for k in RECALL_AT
+    }
     header = f"{'language':<{width}} | pairs | " + " | ".join(columns)
     rows = [header, "-" * len(header)]
     for lang, prefix in [("all", ""), *((lang, f"{lang}_") for lang in langs)]:
@@ -85,7 +88,7 @@ def retrieval_table(metrics: dict) -> str:
 
 
 @torch.no_grad()
-def validate(model, dataloader, loss_fn, *, device, autocast) -> dict[str, float]:
+def validate(model, dataloader, loss_fn, *, placement: Placement) -> dict[str, float]:
     """Mean contrastive loss over validation batches and retrieval recall over the whole set, plus recall per
     language (see ``language_recall``) when the loader's batches carry language tags, ``(images, texts, langs)``.
     """
@@ -93,8 +96,8 @@ def validate(model, dataloader, loss_fn, *, device, autocast) -> dict[str, float
     images_out, texts_out, langs, loss_sum, batches = [], [], [], 0.0, 0
     for images, texts, *tags in dataloader:
         langs += tags[0] if tags else [""] * len(images)
-        images, texts = images.to(device.torch_device), texts.to(device.torch_device)
-        with autocast():
+        images, texts = placement.batch(images, texts)
+        with placement.autocast():
             image_features, text_features, scale, *bias = model(images, texts)
             loss = loss_fn(image_features, text_features, scale, *bias)
         loss_sum += loss.item()

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "make_mnist_shards.py"
 SMALL = {"train_samples": 2000, "val_samples": 300, "test_samples": 500, "shard_size": 500}
 

@@ -1,4 +1,4 @@
-"""Run with tests/fake_habana on PYTHONPATH: exercise `HpuDevice` directly and print what was observed as JSON.
+"""Run with tests/training/fake_habana on PYTHONPATH: exercise `HpuDevice` directly and print what was observed as JSON.
 
 `--no-hpex` first blocks the bridge's fused optimizer and clipper, to observe the fallbacks to torch.
 """
@@ -31,10 +31,14 @@ def main() -> None:
     loaded = "habana_frameworks" in sys.modules
     out["before_setup"] = {"torch_device": str(device.torch_device), "bridge_loaded": loaded}
     device.setup(0)
-    out["after_setup"] = {"torch_device": str(device.torch_device), "lazy": device.lazy,
-                          "hccl_loaded": "habana_frameworks.torch.distributed.hccl" in sys.modules}  # fmt: skip
-    out["fp16_errors"] = {name: _error(lambda n=name: device.autocast(Precision.parse(n))) for name in
-                          ("amp", "fp16", "pure_fp16")}  # fmt: skip
+    out["after_setup"] = {
+        "torch_device": str(device.torch_device),
+        "lazy": device.lazy,
+        "hccl_loaded": "habana_frameworks.torch.distributed.hccl" in sys.modules,
+    }
+    out["fp16_errors"] = {
+        name: _error(lambda n=name: device.autocast(Precision.parse(n))) for name in ("amp", "fp16", "pure_fp16")
+    }
     out["fp16_scaler_error"] = _error(lambda: device.grad_scaler(Precision.parse("amp")))
     out["bf16_scaler"] = repr(device.grad_scaler(Precision.parse("amp_bf16")))
     out["compile_backend"] = _error(lambda: device.compile_backend) or device.compile_backend
