@@ -13,7 +13,7 @@ import open_clip
 from open_mclip.config import ModelConfig
 
 # open_clip's spellings, one family a line; every config of open_clip's that our schema converts is here (the
-# coverage test, tests/test_open_clip_coverage.py, names any that is not)
+# coverage test, tests/library/test_open_clip_coverage.py, names any that is not)
 FAMILIES = {
     "OpenAI and LAION ViTs": """ViT-S-32 ViT-S-16 ViT-M-32 ViT-M-16 ViT-B-32 ViT-B-32-quickgelu ViT-B-16
         ViT-B-16-quickgelu ViT-B-16-plus-240 ViT-L-14 ViT-L-14-quickgelu ViT-L-14-336 ViT-L-14-336-quickgelu ViT-H-14

@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     model, _, preprocess = create_model_and_transforms(args.model, args.pretrained, cache_dir=args.cache_dir)
     model.eval()
     tokenizer = get_tokenizer(args.model, cache_dir=args.cache_dir)
-    print(f"built {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters) "
-          f"in {time.perf_counter() - start:.1f} s; weights: {args.pretrained or 'random'}")  # fmt: skip
+    size = sum(p.numel() for p in model.parameters()) / 1e6
+    elapsed = time.perf_counter() - start
+    print(f"built {args.model} ({size:.1f} M parameters) in {elapsed:.1f} s; weights: {args.pretrained or 'random'}")
     images = [load_image(p) for p in args.image] or [_drawn_image()]
     names = args.image or ["<drawn red circle>"]
     captions = args.text or DEFAULT_CAPTIONS

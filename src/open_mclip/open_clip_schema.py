@@ -36,19 +36,29 @@ _PREPROCESS_KEYS = {
     "interpolation": "interpolation",
     "resize_mode": "resize_mode",
 }
-_VIT_KEYS = {
-    "image_size", "patch_size", "width", "layers", "head_width", "mlp_ratio", "ls_init_value", "patch_dropout",
-    "no_ln_pre", "pool_type", "final_ln_after_pool", "attentional_pool", "attn_pooler_queries", "attn_pooler_heads",
-}  # fmt: skip
+_VIT_KEYS = frozenset(
+    """
+    image_size patch_size width layers head_width mlp_ratio ls_init_value patch_dropout no_ln_pre pool_type
+    final_ln_after_pool attentional_pool attn_pooler_queries attn_pooler_heads
+    """.split()
+)
 _TIMM_KEYS = {
-    "timm_model_name": "model_name", "timm_model_pretrained": "pretrained", "timm_pool": "pool",
-    "timm_proj": "proj", "timm_proj_bias": "proj_bias", "timm_drop": "drop", "timm_drop_path": "drop_path",
-    "image_size": "image_size", "patch_dropout": "patch_dropout",
-}  # fmt: skip
-_TEXT_KEYS = {
-    "context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value", "pad_id", "eos_id",
-    "pool_type", "proj_bias", "proj_type",
-}  # fmt: skip
+    "timm_model_name": "model_name",
+    "timm_model_pretrained": "pretrained",
+    "timm_pool": "pool",
+    "timm_proj": "proj",
+    "timm_proj_bias": "proj_bias",
+    "timm_drop": "drop",
+    "timm_drop_path": "drop_path",
+    "image_size": "image_size",
+    "patch_dropout": "patch_dropout",
+}
+_TEXT_KEYS = frozenset(
+    """
+    context_length vocab_size width heads layers mlp_ratio ls_init_value pad_id eos_id pool_type proj_bias
+    proj_type
+    """.split()
+)
 
 
 def _unsupported(source: str, where: str, key: str, value: Any) -> ValueError:
@@ -106,15 +116,21 @@ def _vision(cfg: dict, *, quick_gelu: bool, preprocess: dict, source: str) -> di
 
 
 # text_cfg keys that open_clip's HFTextEncoder ignores (its sizes come from the Hugging Face config)
-_HF_IGNORED_KEYS = {
-    "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value", "pad_id", "eos_id", "pool_type",
-    "proj_bias", "proj_type", "no_causal_mask", "act_kwargs", "norm_kwargs",
-}  # fmt: skip
+_HF_IGNORED_KEYS = frozenset(
+    """
+    vocab_size width heads layers mlp_ratio ls_init_value pad_id eos_id pool_type proj_bias proj_type
+    no_causal_mask act_kwargs norm_kwargs
+    """.split()
+)
 _HF_KEYS = {
-    "hf_model_name": "model_name", "hf_model_pretrained": "pretrained", "hf_proj_type": "proj_type",
-    "hf_pooler_type": "pooler_type", "hf_tokenizer_name": "tokenizer", "tokenizer_kwargs": "tokenizer_kwargs",
+    "hf_model_name": "model_name",
+    "hf_model_pretrained": "pretrained",
+    "hf_proj_type": "proj_type",
+    "hf_pooler_type": "pooler_type",
+    "hf_tokenizer_name": "tokenizer",
+    "tokenizer_kwargs": "tokenizer_kwargs",
     "context_length": "context_length",
-}  # fmt: skip
+}
 
 
 def _hf_text(cfg: dict, *, source: str) -> dict:
@@ -143,8 +159,8 @@ def _text(cfg: dict, *, quick_gelu: bool, source: str) -> dict:
         out["tokenizer"] = cfg["hf_tokenizer_name"]
     if cfg.get("tokenizer_kwargs"):
         out["tokenizer_kwargs"] = dict(cfg["tokenizer_kwargs"])
-    ignored = ("act_kwargs", "norm_kwargs", "hf_tokenizer_name", "tokenizer_kwargs", "hf_model_pretrained",
-               "hf_proj_type", "hf_pooler_type", "hf_model_name")  # fmt: skip
+    ignored = "act_kwargs norm_kwargs hf_tokenizer_name tokenizer_kwargs hf_model_pretrained hf_proj_type".split()
+    ignored += ["hf_pooler_type", "hf_model_name"]
     for key, value in cfg.items():
         if key in ignored:
             continue

@@ -71,8 +71,9 @@ _MODES = {
 PRECISION_CHOICES = (*_MODES, *ALIASES)
 
 # parameters held directly by a module (not by a Linear/Conv child) that are matrix weights of its attention or head
-_MATRIX_PARAMS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "bias_k",
-                  "bias_v", "text_projection", "proj")  # fmt: skip
+_MATRIX_PARAMS = frozenset(
+    "in_proj_weight q_proj_weight k_proj_weight v_proj_weight in_proj_bias bias_k bias_v text_projection proj".split()
+)
 
 
 def convert_weights_to_lp(model: nn.Module, dtype: torch.dtype = torch.float16) -> None:

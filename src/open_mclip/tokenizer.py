@@ -21,6 +21,7 @@ import regex
 import torch
 
 from .constants import DEFAULT_CONTEXT_LENGTH
+from .extras import import_extra
 
 __all__ = [
     "DEFAULT_CONTEXT_LENGTH",
@@ -366,16 +367,6 @@ def __getattr__(name: str) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- Hugging Face
-def _import_transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as err:
-        raise ImportError(
-            "HFTokenizer needs the Hugging Face 'transformers' package, an optional extra: pip install 'open_mclip[hf]'"
-        ) from err
-    return transformers
-
-
 class HFTokenizer:
     """A Hugging Face tokenizer behind ClipTokenizer's call: clean, tokenize, pad and truncate to context_length.
 
@@ -409,7 +400,7 @@ class HFTokenizer:
             kwargs.setdefault("local_files_only", True)
         if cache_dir is not None:
             kwargs["cache_dir"] = cache_dir
-        auto_tokenizer = _import_transformers().AutoTokenizer
+        auto_tokenizer = import_extra("transformers", extra="hf", needed_for="HFTokenizer").AutoTokenizer
         tokenizer = auto_tokenizer.from_pretrained(str(tokenizer_name), **kwargs)
         self._setup(
             tokenizer,

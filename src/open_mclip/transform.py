@@ -45,6 +45,7 @@ from .image_ops import (
 
 __all__ = [
     "AugmentationConfig",
+    "RESIZE_MODES",
     "AugmentationCfg",
     "PreprocessConfig",
     "PreprocessCfg",
@@ -72,7 +73,7 @@ __all__ = [
 ]
 
 
-_RESIZE_MODES = ("shortest", "longest", "squash")
+RESIZE_MODES = ("shortest", "longest", "squash")
 # "random" is open_clip's spelling for timm's random train interpolation; without timm it resizes bicubic
 _CONFIG_INTERPOLATIONS = (*INTERPOLATIONS, "random")
 
@@ -154,7 +155,7 @@ class PreprocessConfig:
         if self.mode != "RGB":
             raise ValueError(f"mode={self.mode!r} is not supported; only 'RGB' is")
         _choice(self.interpolation, name="interpolation", choices=_CONFIG_INTERPOLATIONS)
-        _choice(self.resize_mode, name="resize_mode", choices=_RESIZE_MODES)
+        _choice(self.resize_mode, name="resize_mode", choices=RESIZE_MODES)
         _choice(self.rgb_conversion, name="rgb_conversion", choices=RGB_CONVERSIONS)
         if not _grey_level(self.fill_color):
             raise ValueError(f"fill_color={self.fill_color!r} is invalid; use an int grey level in 0..255")

@@ -16,10 +16,10 @@ from open_mclip.constants import HF_HUB_PREFIX, LOCAL_DIR_PREFIX
 from open_mclip.image_ops import INTERPOLATIONS
 from open_mclip.loss import SIGLIP_DIST_IMPLS
 from open_mclip.precision import PRECISION_CHOICES
+from open_mclip.transform import RESIZE_MODES
 
 DATASET_TYPES = ("auto", "webdataset", "csv", "synthetic")
 LR_SCHEDULERS = ("cosine", "const", "const-cooldown")
-RESIZE_MODES = ("shortest", "longest", "squash")  # open_mclip.transform's eval resize modes
 OPTIMIZERS = ("adamw",)
 
 

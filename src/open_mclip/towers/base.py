@@ -24,7 +24,14 @@ class Tower(nn.Module):
         raise NotImplementedError
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        raise NotImplementedError
+        """Recompute activations in the backward pass to save memory. A tower that cannot is refused when asked to
+        enable it (disabling is always fine): every tower behaves alike, and `--grad-checkpointing` fails at start-up
+        instead of doing nothing."""
+        if enable:
+            raise self.no_grad_checkpointing("it has no checkpointed blocks")
+
+    def no_grad_checkpointing(self, reason: str) -> ValueError:
+        return ValueError(f"gradient checkpointing is not available for this {type(self).__name__} tower: {reason}")
 
     def no_weight_decay(self) -> set[str]:
         """Names (relative to this tower) of parameters that must not be weight-decayed besides 1-d ones."""

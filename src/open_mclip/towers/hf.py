@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HF_POOLER_ALIASES, HFTextConfig
+from ..extras import import_extra
 from .base import Tower, params_of
 
 log = logging.getLogger(__name__)
@@ -28,13 +29,7 @@ _HEAD_CHILDREN = ("pooler", "final_layer_norm", "layer_norm")
 
 
 def _import_transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as err:
-        raise ImportError(
-            "this model has a Hugging Face text tower; install transformers with `pip install 'open_mclip[hf]'`"
-        ) from err
-    return transformers
+    return import_extra("transformers", extra="hf", needed_for="a model with a Hugging Face text tower")
 
 
 def _hf_config(cfg: HFTextConfig) -> Any:
@@ -197,7 +192,9 @@ class HFTextTower(Tower):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         model = self.transformer
         if not getattr(model, "supports_gradient_checkpointing", False):
-            raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+            if enable:
+                raise self.no_grad_checkpointing(f"transformers' {type(model).__name__} does not support it")
+            return
         new_api = hasattr(model, "activation_checkpointing_enable")  # newer transformers renamed the methods
         if not enable:
             (model.activation_checkpointing_disable if new_api else model.gradient_checkpointing_disable)()

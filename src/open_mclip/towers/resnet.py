@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 
 import torch
@@ -11,8 +10,6 @@ from torch import nn
 
 from ..config import ModifiedResNetConfig
 from .base import Tower, params_of
-
-log = logging.getLogger(__name__)
 
 
 class Bottleneck(nn.Module):
@@ -125,9 +122,9 @@ class ModifiedResNet(Tower):
         return stem, [params_of(stage) for stage in self.stages()], params_of(self.attnpool)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        # recomputing BatchNorm layers in training mode would update their running statistics twice
-        if enable:
-            log.warning("gradient checkpointing is not applied to ModifiedResNet (BatchNorm statistics); continuing")
+        if enable:  # (open_clip's ModifiedResNet silently ignores the request)
+            reason = "recomputing its BatchNorm layers in training mode would update their running statistics twice"
+            raise self.no_grad_checkpointing(reason)
 
     def no_weight_decay(self) -> set[str]:
         return {"attnpool.positional_embedding"}

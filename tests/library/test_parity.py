@@ -20,36 +20,32 @@ from open_mclip.config import TimmConfig
 from open_mclip.convert import load_state_dict_strict
 from open_mclip.transform import PreprocessConfig, image_transform
 
-SHIPPED = Path(__file__).resolve().parents[1] / "model_configs"
+SHIPPED = Path(__file__).resolve().parents[2] / "model_configs"
 
 CAPTIONS = ["a photo of a cat", "ein Foto von einem Hund 🐶", "猫の写真", "صورة قطة على الأريكة"]
-SMALL = [
-    "ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-B-16-quickgelu", "RN50", "RN50-quickgelu", "RN101",
-    "ViT-B-32-256", "ViT-S-16-alt",
-]  # fmt: skip
-LARGE = [
-    "ViT-B-16-plus-240", "ViT-L-14", "ViT-L-14-336", "ViT-H-14", "RN101-quickgelu", "RN50x4", "RN50x4-quickgelu",
-    "RN50x16", "RN50x64",
-]  # fmt: skip
+SMALL = """
+    ViT-B-32 ViT-B-32-quickgelu ViT-B-16 ViT-B-16-quickgelu RN50 RN50-quickgelu RN101 ViT-B-32-256 ViT-S-16-alt
+""".split()
+LARGE = """
+    ViT-B-16-plus-240 ViT-L-14 ViT-L-14-336 ViT-H-14 RN101-quickgelu RN50x4 RN50x4-quickgelu RN50x16 RN50x64
+""".split()
 # real width, 2 layers: the giants, and the QuickGELU twins of large models checked at full depth above (a twin
 # differs only in its activation; its whole config is still compared with open_clip's)
-CUT_DEPTH = [
-    "ViT-g-14", "ViT-bigG-14", "ViT-bigG-14-quickgelu", "ViT-e-14", "ViT-L-14-quickgelu", "ViT-L-14-336-quickgelu",
-    "ViT-H-14-quickgelu", "RN50x16-quickgelu", "RN50x64-quickgelu",
-    "ViT-B-16-plus", "ViT-B-32-plus-256", "ViT-L-14-280", "ViT-L-16", "ViT-L-16-320", "ViT-H-16", "ViT-H-14-378",
-    "ViT-H-14-378-quickgelu", "ViT-M-16-alt", "ViT-S-32-alt", "ViT-M-32-alt",
-    "ViT-L-14-CLIPA", "ViT-L-14-CLIPA-336", "ViT-H-14-CLIPA-336", "ViT-bigG-14-CLIPA", "ViT-bigG-14-CLIPA-336",
-    "ViT-L-14-worldwide-quickgelu", "ViT-H-14-worldwide", "ViT-H-14-worldwide-quickgelu", "ViT-H-14-worldwide-378",
-    "ViT-bigG-14-worldwide", "ViT-bigG-14-worldwide-378",
-]  # fmt: skip
+CUT_DEPTH = """
+    ViT-g-14 ViT-bigG-14 ViT-bigG-14-quickgelu ViT-e-14 ViT-L-14-quickgelu ViT-L-14-336-quickgelu
+    ViT-H-14-quickgelu RN50x16-quickgelu RN50x64-quickgelu ViT-B-16-plus ViT-B-32-plus-256 ViT-L-14-280 ViT-L-16
+    ViT-L-16-320 ViT-H-16 ViT-H-14-378 ViT-H-14-378-quickgelu ViT-M-16-alt ViT-S-32-alt ViT-M-32-alt
+    ViT-L-14-CLIPA ViT-L-14-CLIPA-336 ViT-H-14-CLIPA-336 ViT-bigG-14-CLIPA ViT-bigG-14-CLIPA-336
+    ViT-L-14-worldwide-quickgelu ViT-H-14-worldwide ViT-H-14-worldwide-quickgelu ViT-H-14-worldwide-378
+    ViT-bigG-14-worldwide ViT-bigG-14-worldwide-378
+""".split()
 # one of each family that came with CLIPA, MetaCLIP 2 (worldwide) and SigLIP: their own vocabularies, `eos` and `last`
 # pooling, bidirectional text, average image pooling, timm trunks with attention pooling, logit bias
 NEW_FAMILIES = ["ViT-H-14-CLIPA", "ViT-L-14-worldwide", "ViT-B-16-SigLIP", "ViT-SO400M-16-SigLIP-i18n-256"]
-SIGLIP_CUT = [
-    "ViT-B-16-SigLIP-256", "ViT-B-16-SigLIP-384", "ViT-B-16-SigLIP-512", "ViT-B-16-SigLIP-i18n-256",
-    "ViT-L-16-SigLIP-256", "ViT-L-16-SigLIP-384", "ViT-SO400M-14-SigLIP", "ViT-SO400M-14-SigLIP-378",
-    "ViT-SO400M-14-SigLIP-384",
-]  # fmt: skip
+SIGLIP_CUT = """
+    ViT-B-16-SigLIP-256 ViT-B-16-SigLIP-384 ViT-B-16-SigLIP-512 ViT-B-16-SigLIP-i18n-256 ViT-L-16-SigLIP-256
+    ViT-L-16-SigLIP-384 ViT-SO400M-14-SigLIP ViT-SO400M-14-SigLIP-378 ViT-SO400M-14-SigLIP-384
+""".split()
 # NLLB-SigLIP: timm SigLIP image towers (MAP pooling, no projection), NLLB text towers (first-token pooling, linear
 # projection), logit bias
 NLLB_SIGLIP = ["nllb-clip-base-siglip", "nllb-clip-large-siglip"]
@@ -237,13 +233,26 @@ def test_parity_custom_text_layout_and_features(photos):
     oc_cfg = {
         "embed_dim": 64,
         "vision_cfg": {
-            "image_size": 64, "patch_size": 16, "width": 96, "layers": 2, "head_width": 32,
-            "ls_init_value": 0.1, "attentional_pool": True, "attn_pooler_queries": 1, "attn_pooler_heads": 4,
+            "image_size": 64,
+            "patch_size": 16,
+            "width": 96,
+            "layers": 2,
+            "head_width": 32,
+            "ls_init_value": 0.1,
+            "attentional_pool": True,
+            "attn_pooler_queries": 1,
+            "attn_pooler_heads": 4,
         },
-        "text_cfg": {"context_length": 77, "width": 64, "heads": 4, "layers": 2, "proj_bias": True,
-                     "ls_init_value": 0.1},
+        "text_cfg": {
+            "context_length": 77,
+            "width": 64,
+            "heads": 4,
+            "layers": 2,
+            "proj_bias": True,
+            "ls_init_value": 0.1,
+        },
         "init_logit_bias": -10.0,
-    }  # fmt: skip
+    }
     ref = open_clip.model.CustomTextCLIP(**copy.deepcopy(oc_cfg))
     for module in ref.modules():  # LayerScale gammas away from their constant init
         if hasattr(module, "gamma"):
@@ -258,8 +267,15 @@ def test_parity_custom_text_layout_and_features(photos):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
     ref.load_state_dict(to_open_clip(ours.state_dict(), layout="custom_text"), strict=True)
 
-    avg = {**oc_cfg, "vision_cfg": {**oc_cfg["vision_cfg"], "attentional_pool": False, "pool_type": "avg",
-                                    "final_ln_after_pool": True}}  # fmt: skip
+    avg = {
+        **oc_cfg,
+        "vision_cfg": {
+            **oc_cfg["vision_cfg"],
+            "attentional_pool": False,
+            "pool_type": "avg",
+            "final_ln_after_pool": True,
+        },
+    }
     ref = open_clip.model.CustomTextCLIP(**copy.deepcopy(avg))
     ours = CLIP(ModelConfig.from_dict(avg, source="avg"))
     load_state_dict_strict(ours, from_open_clip(ref.state_dict()), source="open_clip avg")

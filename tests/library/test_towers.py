@@ -147,11 +147,23 @@ def test_layer_norm_matches_open_clip_under_autocast_and_with_16_bit_weights(dty
     assert "ToCopyBackward0" not in graph and "NativeLayerNormBackward0" in graph
     # 16-bit input without autocast: computed in float32, which every backend accepts (no mixed-dtype kernel)
     mixed = ours(x)
-    assert mixed.dtype == dtype and torch.equal(mixed, torch.nn.functional.layer_norm(
-        x.float(), (96,), ours.weight, ours.bias, ours.eps).to(dtype))  # fmt: skip
+    assert mixed.dtype == dtype and torch.equal(
+        mixed, torch.nn.functional.layer_norm(x.float(), (96,), ours.weight, ours.bias, ours.eps).to(dtype)
+    )
     ours.to(dtype)
     expected = torch.nn.functional.layer_norm(x.float(), (96,), ours.weight.float(), ours.bias.float(), ours.eps).to(
         dtype
     )
     got = ours(x)
     assert got.dtype == dtype and torch.equal(got, expected)
+
+
+def test_towers_without_grad_checkpointing_refuse_it_alike():
+    """One behaviour for every tower type: enabling what a tower cannot do is refused with the reason (open_clip
+    silently ignores it for ModifiedResNet and warns for timm); disabling is always accepted."""
+    model = CLIP(TINY["resnet"])
+    with pytest.raises(ValueError, match="ModifiedResNet tower: recomputing its BatchNorm"):
+        model.set_grad_checkpointing(True)
+    model.visual.set_grad_checkpointing(False)
+    model.text.set_grad_checkpointing(True)
+    assert model.text.transformer.grad_checkpointing

@@ -12,8 +12,11 @@ import open_mclip
 from open_mclip.convert import from_open_clip, load_state_dict_strict
 from open_mclip.zero_shot import build_zero_shot_classifier
 
-OC_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 64, "layers": 1},
-          "text_cfg": {"width": 64, "heads": 2, "layers": 2}}  # fmt: skip
+OC_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 64, "layers": 1},
+    "text_cfg": {"width": 64, "heads": 2, "layers": 2},
+}
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six"]
 TEMPLATES = ["a photo of the number {}.", "ein Foto der Zahl {}.", "数字{}の写真"]
 

@@ -25,8 +25,12 @@ OPENAI_LIKE = {
 
 def _openai_archive(tmp_path, kind: str):
     """An open_clip CLIP with OpenAI's layout, QuickGELU and partial fp16 weights, saved as TorchScript."""
-    oc_cfg = {"embed_dim": 64, "quick_gelu": True, "vision_cfg": OPENAI_LIKE[kind],
-              "text_cfg": {"width": 128, "heads": 2, "layers": 2}}  # fmt: skip
+    oc_cfg = {
+        "embed_dim": 64,
+        "quick_gelu": True,
+        "vision_cfg": OPENAI_LIKE[kind],
+        "text_cfg": {"width": 128, "heads": 2, "layers": 2},
+    }
     ref = open_clip.model.CLIP(**copy.deepcopy(oc_cfg)).eval()
     convert_weights_to_lp(ref, torch.float16)  # OpenAI's files hold most weights in fp16
     with warnings.catch_warnings():
@@ -62,8 +66,11 @@ def test_openai_torchscript_archive_loads_without_running_code(tmp_path, kind):
 
 def test_open_clip_trainer_checkpoint_with_ddp_prefix(tmp_path):
     """open_clip's trainer saves {"epoch", "name", "state_dict" (DDP "module." keys), "optimizer"}."""
-    oc_cfg = {"embed_dim": 64, "vision_cfg": {"image_size": 64, "patch_size": 32, "width": 64, "layers": 1},
-              "text_cfg": {"width": 64, "heads": 1, "layers": 1}}  # fmt: skip
+    oc_cfg = {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 64, "patch_size": 32, "width": 64, "layers": 1},
+        "text_cfg": {"width": 64, "heads": 1, "layers": 1},
+    }
     ref = open_clip.model.CLIP(**copy.deepcopy(oc_cfg))
     optimizer = torch.optim.AdamW(ref.parameters())
     path = tmp_path / "epoch_3.pt"

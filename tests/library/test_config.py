@@ -12,7 +12,7 @@ import torch
 from open_mclip import CLIP, ModelConfig, add_model_config, list_models, model_config
 from open_mclip.config import HFTextConfig, ModifiedResNetConfig, TimmConfig, ViTConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p.stem for p in (REPO / "model_configs").glob("*.json"))
 OPEN_CLIP_CONFIGS = Path(open_clip.__file__).parent / "model_configs"
 NOT_FROM_OPEN_CLIP = {"RN50x4-xlm-roberta-base"}  # architectures open_clip does not have
@@ -20,17 +20,28 @@ NOT_FROM_OPEN_CLIP = {"RN50x4-xlm-roberta-base"}  # architectures open_clip does
 
 # Hugging Face text towers shrink to the same encoder family built from config, offline (vocabulary > 49407)
 _HF_FAMILY = {
-    "xlm-roberta-base": "xlm-roberta", "xlm-roberta-large": "xlm-roberta", "roberta-base": "roberta",
-    "google/mt5-base": "mt5", "google/mt5-xl": "mt5", "facebook/nllb-200-distilled-600M": "m2m_100",
+    "xlm-roberta-base": "xlm-roberta",
+    "xlm-roberta-large": "xlm-roberta",
+    "roberta-base": "roberta",
+    "google/mt5-base": "mt5",
+    "google/mt5-xl": "mt5",
+    "facebook/nllb-200-distilled-600M": "m2m_100",
     "facebook/nllb-200-distilled-1.3B": "m2m_100",
-}  # fmt: skip
+}
 _HF_TINY = {
     "xlm-roberta": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
     "roberta": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
     "mt5": {"d_model": 32, "num_layers": 2, "num_heads": 2, "d_ff": 64, "d_kv": 16},
-    "m2m_100": {"d_model": 32, "encoder_layers": 2, "decoder_layers": 1, "encoder_attention_heads": 2,
-                "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64},
-}  # fmt: skip
+    "m2m_100": {
+        "d_model": 32,
+        "encoder_layers": 2,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+    },
+}
 
 
 def _shrink_text(text) -> dict:
@@ -55,11 +66,29 @@ def _shrink(cfg: ModelConfig) -> ModelConfig:
 
 def test_required_architectures_ship():
     required = {
-        "ViT-B-32", "ViT-B-32-quickgelu", "ViT-B-16", "ViT-B-16-plus-240", "ViT-L-14", "ViT-L-14-336", "ViT-H-14",
-        "ViT-g-14", "ViT-bigG-14", "ViT-e-14", "RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "RN50-quickgelu",
-        "RN101-quickgelu", "RN50x4-quickgelu", "RN50x16-quickgelu", "RN50x64-quickgelu", "convnext_base",
+        "ViT-B-32",
+        "ViT-B-32-quickgelu",
+        "ViT-B-16",
+        "ViT-B-16-plus-240",
+        "ViT-L-14",
+        "ViT-L-14-336",
+        "ViT-H-14",
+        "ViT-g-14",
+        "ViT-bigG-14",
+        "ViT-e-14",
+        "RN50",
+        "RN101",
+        "RN50x4",
+        "RN50x16",
+        "RN50x64",
+        "RN50-quickgelu",
+        "RN101-quickgelu",
+        "RN50x4-quickgelu",
+        "RN50x16-quickgelu",
+        "RN50x64-quickgelu",
+        "convnext_base",
         "mclip-tiny",
-    }  # fmt: skip
+    }
     assert required <= set(list_models())
     assert set(SHIPPED) <= set(list_models())
 

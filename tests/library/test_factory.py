@@ -81,8 +81,10 @@ def test_pretrained_entry_preprocessing_is_used(hub_cache, add_hub_repo):
 def test_hf_hub_and_local_dir_models(hub_cache, add_hub_repo, tmp_path, photos):
     ref = open_clip.model.CLIP(**copy.deepcopy(TINY_OC))
     config = {"model_cfg": TINY_OC, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3, "resize_mode": "squash"}}
-    files = {"open_clip_config.json": json.dumps(config).encode(),
-             "open_clip_model.safetensors": tmp_file_bytes(ref.state_dict(), tmp_path / "w.safetensors")}  # fmt: skip
+    files = {
+        "open_clip_config.json": json.dumps(config).encode(),
+        "open_clip_model.safetensors": tmp_file_bytes(ref.state_dict(), tmp_path / "w.safetensors"),
+    }
     add_hub_repo("someone/tiny-clip", files)
     local = tmp_path / "local"
     local.mkdir()
@@ -156,7 +158,7 @@ def test_library_runs_with_torchvision_and_timm_blocked():
         try:
             open_mclip.create_model("convnext_base")
         except ImportError as err:
-            assert "pip install open_mclip[timm]" in str(err)
+            assert "pip install 'open_mclip[timm]'" in str(err)
         else:
             raise AssertionError("a timm tower built without timm")
         print("ok")

@@ -1,4 +1,4 @@
-"""One rank of the distributed loss test (tests/test_loss_distributed.py), started by torchrun on the CPU with gloo.
+"""One rank of the distributed loss test (tests/library/test_loss_distributed.py), run by torchrun on the CPU (gloo).
 
 Reads the global batch from `<dir>/inputs.pt`, takes this rank's contiguous shard of rows, and for every case in
 CASES computes the loss with open_mclip and with open_clip, backpropagates, and writes the loss and the gradients of
