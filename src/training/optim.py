@@ -19,9 +19,21 @@ def has_vit_image_tower(cfg: ModelConfig) -> bool:
     return isinstance(vision, ViTConfig) or (isinstance(vision, TimmConfig) and vision.model_name.startswith("vit_"))
 
 
+# open_mclip's own architectures (model_configs/mclip-*.json): their names do not say the tower type
+OWN_ARCHITECTURE_PREFIX = "mclip-"
+
+
+def uses_vit_defaults(model_name: str, cfg: ModelConfig) -> bool:
+    """open_clip's rule, "vit" anywhere in the model name (so open_clip's nllb-clip-*, PE-Core-* and MobileCLIP-B
+    get the ResNet numbers there and here); open_mclip's own mclip-* architectures go by their declared tower."""
+    if model_name.startswith(OWN_ARCHITECTURE_PREFIX):
+        return has_vit_image_tower(cfg)
+    return "vit" in model_name.lower()
+
+
 def adam_defaults(*, vit: bool) -> dict[str, float]:
     """open_clip's AdamW defaults, the CLIP paper's: beta2 0.98 and eps 1e-6 for ViT image towers, else 0.999
-    and 1e-8. (open_clip looks for "vit" in the model name instead, so its nllb-clip-* get the ResNet numbers.)"""
+    and 1e-8 (see `uses_vit_defaults` for which architectures count as ViT)."""
     if vit:
         return {"lr": 5.0e-4, "beta1": 0.9, "beta2": 0.98, "eps": 1.0e-6}
     return {"lr": 5.0e-4, "beta1": 0.9, "beta2": 0.999, "eps": 1.0e-8}
@@ -85,11 +97,15 @@ def param_groups(
     return [{"params": groups[k], "weight_decay": k[0], "lr": k[1], "base_lr": k[1]} for k in keys]
 
 
-def create_optimizer(model: nn.Module, cfg: OptimConfig, *, device: Device) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters of `model` (the bare CLIP module), in `param_groups`' groups."""
+def create_optimizer(model: nn.Module, cfg: OptimConfig, *, device: Device, model_name: str) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters of `model` (the bare CLIP module built from --model `model_name`), in
+    `param_groups`' groups; unset --lr, --beta1, --beta2 and --eps take `adam_defaults`."""
     if cfg.opt != "adamw":
         raise ValueError(f"--opt {cfg.opt} is not supported; use adamw")
     given = {"lr": cfg.lr, "beta1": cfg.beta1, "beta2": cfg.beta2, "eps": cfg.eps}
-    hp = {**adam_defaults(vit=has_vit_image_tower(model.cfg)), **{k: v for k, v in given.items() if v is not None}}
+    hp = {
+        **adam_defaults(vit=uses_vit_defaults(model_name, model.cfg)),
+        **{k: v for k, v in given.items() if v is not None},
+    }
     groups = param_groups(model, weight_decay=cfg.wd, lr=hp["lr"], lrs=tower_lrs(model, cfg, lr=hp["lr"]))
     return device.optimizer(groups, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"])
