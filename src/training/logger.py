@@ -14,8 +14,16 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def log_file(folder: Path, *, rank: int, local_rank: int, local: bool = False) -> Path | None:
+    """This process's log file, as open_clip names them: `out.log` on rank 0; with --log-local, `out-RANK` on the
+    first process of every node (each node's disk then holds its own ranks' story)."""
+    if local:
+        return folder / f"out-{rank}" if local_rank == 0 else None
+    return folder / "out.log" if rank == 0 else None
+
+
 def setup_logging(log_file: str | Path | None, *, debug: bool = False, rank: int = 0) -> None:
-    """Console for every rank (prefixed with the rank), `out.log` for rank 0."""
+    """Console for every rank (prefixed with the rank), and `log_file` where `log_file()` gives one."""
     level = logging.DEBUG if debug else logging.INFO
     fmt = logging.Formatter(f"%(asctime)s | rank {rank} | %(levelname)s | %(message)s", "%Y-%m-%d,%H:%M:%S")
     root = logging.getLogger()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,14 @@ from open_mclip.loss import create_loss
 from open_mclip.precision import Precision
 
 from . import checkpoint
-from .config import LossConfig, TrainConfig
+from .codebase import copy_codebase
+from .config import LockConfig, LossConfig, TrainConfig
 from .data import DataInfo, get_data
 from .devices import Device, get_device
 from .distributed import World, barrier, broadcast_object, init_distributed, shutdown_distributed, world_from_env
 from .eval import Evaluator, ZeroShotPlan, zero_shot_plan
-from .logger import MetricsLogger, setup_logging, write_params
-from .optim import create_optimizer
+from .logger import MetricsLogger, log_file, setup_logging, write_params
+from .optim import adam_defaults, create_optimizer
 from .params import parse_args
 from .placement import Placement
 from .scheduler import Scheduler
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
     plan = zero_shot_plan(cfg.eval)  # bad zero-shot folders, class names or languages fail now, before any output
     run = setup(cfg)
     model, preprocess_train, preprocess_val = build_model(cfg, run.device, run.world)
-    tokenizer = open_mclip.get_tokenizer(cfg.model.model, context_length=model.context_length)
+    tokenizer = open_mclip.get_tokenizer(
+        cfg.model.model, context_length=model.context_length, cache_dir=cfg.model.cache_dir
+    )
     data = build_data(cfg, run, preprocess_train=preprocess_train, preprocess_val=preprocess_val, tokenizer=tokenizer)
     evaluate = build_evaluator(cfg, run, plan=plan, val=data.get("val"), tokenizer=tokenizer, preprocess=preprocess_val)
     if "train" not in data:  # evaluation only
@@ -85,25 +89,31 @@ def setup(cfg: TrainConfig) -> Run:
     device.setup(0 if cfg.system.no_set_device_rank else world.local_rank)
     init_distributed(world, backend=cfg.system.dist_backend or device.dist_backend, dist_url=cfg.system.dist_url)
     folder = _run_dir(cfg, world)
-    setup_logging(folder / "out.log" if world.is_master else None, debug=cfg.logging.debug, rank=world.rank)
+    own_log = log_file(folder, rank=world.rank, local_rank=world.local_rank, local=cfg.logging.log_local)
+    setup_logging(own_log, debug=cfg.logging.debug, rank=world.rank)
     log.info("rank %d of %d on %s (%s)", world.rank, world.world_size, device, device.dist_backend)
     if world.is_master:
         write_params(folder / "params.txt", cfg)
+        if cfg.logging.copy_codebase:
+            copy_codebase(folder / "code")
     logger = MetricsLogger(folder if world.is_master else None, tensorboard="tensorboard" in cfg.logging.report_to)
     return Run(world, device, Placement(device, Precision.parse(cfg.system.precision)), folder, logger)
 
 
 def _run_dir(cfg: TrainConfig, world: World) -> Path:
+    lr = cfg.optim.lr if cfg.optim.lr is not None else adam_defaults(vit=False)["lr"]  # open_clip names the used lr
     name = cfg.logging.name or broadcast_object(
-        time.strftime("%Y_%m_%d-%H_%M_%S") + f"-model_{cfg.model.model.replace('/', '-')}-lr_{cfg.optim.lr}"
-        f"-b_{cfg.data.batch_size}-p_{cfg.system.precision}",
+        time.strftime("%Y_%m_%d-%H_%M_%S") + f"-model_{cfg.model.model.replace('/', '-')}-lr_{lr}"
+        f"-b_{cfg.data.batch_size}-j_{cfg.data.workers}-p_{cfg.system.precision}",
         world,
     )
     run_dir = Path(cfg.logging.logs) / name
     if world.is_master:
-        if (run_dir / "out.log").exists() and cfg.checkpoint.resume is None:
+        if log_file(run_dir, rank=0, local_rank=0, local=cfg.logging.log_local).exists() and not cfg.checkpoint.resume:
             raise ValueError(f"run {run_dir} already exists: use --resume latest to continue it or a new --name")
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    elif cfg.logging.log_local and world.local_rank == 0:  # another node's log file, where file systems are not shared
+        run_dir.mkdir(parents=True, exist_ok=True)
     barrier(world)
     return run_dir
 
@@ -113,7 +123,10 @@ def build_model(cfg: TrainConfig, device: Device, world: World):
 
     Every rank initialises the same weights (an evaluation-only run has no DDP broadcast); afterwards each rank
     draws its own random numbers."""
-    m, lock = cfg.model, cfg.lock
+    m = cfg.model
+    # open_clip's trainer starts a SigLIP model at logit scale ln 10 and bias -10 (the SigLIP paper's), whatever
+    # the architecture's config says; pretrained weights then replace both
+    siglip_init = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0} if cfg.loss.siglip else {}
     device.seed(cfg.system.seed)
     model, preprocess_train, preprocess_val = open_mclip.create_model_and_transforms(
         m.model,
@@ -121,6 +134,7 @@ def build_model(cfg: TrainConfig, device: Device, world: World):
         precision=cfg.system.precision,
         device=device.torch_device,
         force_quick_gelu=m.force_quick_gelu,
+        force_custom_text=m.force_custom_text,
         force_patch_dropout=m.force_patch_dropout,
         force_image_size=m.force_image_size,
         force_context_length=m.force_context_length,
@@ -129,16 +143,28 @@ def build_model(cfg: TrainConfig, device: Device, world: World):
         image_interpolation=m.image_interpolation,
         image_resize_mode=m.image_resize_mode,
         aug_cfg=m.aug_cfg or None,
+        pretrained_image=m.pretrained_image,
         cache_dir=m.cache_dir,
+        **siglip_init,
     )
-    if lock.lock_image:
-        model.visual.lock(lock.lock_image_unlocked_groups, freeze_norm_stats=lock.lock_image_freeze_bn_stats)
-    if lock.lock_text:
-        model.text.lock(lock.lock_text_unlocked_layers, freeze_norm_stats=lock.lock_text_freeze_layer_norm)
+    lock_towers(model, cfg.lock)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
     device.seed(cfg.system.seed + world.rank)
     return model, preprocess_train, preprocess_val
+
+
+def lock_towers(model, lock: LockConfig) -> None:
+    """LiT: open_clip's groups per tower type (`model.lock_image_tower`, `model.lock_text_tower`) or, with
+    --lock-*-unlocked-blocks, our uniform block rule (`Tower.lock`)."""
+    if lock.lock_image and lock.lock_image_unlocked_blocks is None:
+        model.lock_image_tower(lock.lock_image_unlocked_groups, freeze_bn_stats=lock.lock_image_freeze_bn_stats)
+    elif lock.lock_image:
+        model.visual.lock(lock.lock_image_unlocked_blocks, freeze_norm_stats=lock.lock_image_freeze_bn_stats)
+    if lock.lock_text and lock.lock_text_unlocked_blocks is None:
+        model.lock_text_tower(lock.lock_text_unlocked_layers, freeze_layer_norm=lock.lock_text_freeze_layer_norm)
+    elif lock.lock_text:
+        model.text.lock(lock.lock_text_unlocked_blocks, freeze_norm_stats=lock.lock_text_freeze_layer_norm)
 
 
 def build_data(cfg: TrainConfig, run: Run, *, preprocess_train, preprocess_val, tokenizer) -> dict[str, DataInfo]:

@@ -81,7 +81,7 @@ def test_lock_flags_reach_the_towers():
     from training.main import build_model
     from training.params import parse_args
 
-    cfg = parse_args("--model mclip-tiny --lock-image --lock-text --lock-text-unlocked-layers 1".split())
+    cfg = parse_args("--model mclip-tiny --lock-image --lock-text --lock-text-unlocked-blocks 1".split())  # uniform
     model, _, _ = build_model(cfg, get_device("cpu"), World())
     assert not any(p.requires_grad for p in model.visual.parameters())
     trainable = {n for n, p in model.text.named_parameters() if p.requires_grad}
