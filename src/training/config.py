@@ -21,6 +21,7 @@ from open_mclip.transform import RESIZE_MODES
 DATASET_TYPES = ("auto", "webdataset", "csv", "synthetic")
 LR_SCHEDULERS = ("cosine", "const", "const-cooldown")
 OPTIMIZERS = ("adamw",)
+REMOTE_SYNC_PROTOCOLS = ("s3", "fsspec")  # s3: fsspec's s3 filesystem (s3fs) on an s3:// URL
 
 
 def flag(default: Any = None, help: str = "", *, factory=None, choices=None, nargs: str | None = None):
@@ -221,8 +222,31 @@ class CheckpointConfig:
     save_most_recent: bool = flag(False, "keep the newest state in epoch_latest.pt after every epoch")
     delete_previous_checkpoint: bool = flag(False, "remove the previous checkpoint after writing a new one")
     resume: str | None = flag(
-        None, "checkpoint file to resume from, or 'latest' for the newest complete one of this run"
+        None,
+        "checkpoint to resume from: a file (ours or open_clip_train's), an fsspec URL, or 'latest' for the newest "
+        "complete one of this run (with --remote-sync: here or at the remote)",
     )
+    remote_sync: str | None = flag(
+        None, "copy the run folder to URL/NAME in the background (any fsspec URL: s3://, gs://, file://, ...)"
+    )
+    remote_sync_frequency: int = flag(300, "seconds between two background copies of --remote-sync")
+    remote_sync_protocol: str = flag(
+        "s3",
+        "how --remote-sync copies: fsspec, or s3 (fsspec's s3 filesystem: needs s3fs)",
+        choices=REMOTE_SYNC_PROTOCOLS,
+    )
+
+    def __post_init__(self) -> None:
+        if self.remote_sync is None:
+            return
+        check_int("remote_sync_frequency", self.remote_sync_frequency, minimum=1)
+        if self.remote_sync_protocol not in REMOTE_SYNC_PROTOCOLS:
+            raise ValueError(f"remote_sync_protocol={self.remote_sync_protocol!r} is unknown; use s3 or fsspec")
+        if self.remote_sync_protocol == "s3" and not self.remote_sync.startswith("s3://"):
+            raise ValueError(
+                f"--remote-sync {self.remote_sync} with --remote-sync-protocol s3 needs an s3:// URL; for another "
+                "place add --remote-sync-protocol fsspec"
+            )
 
 
 @dataclass

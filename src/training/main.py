@@ -26,7 +26,9 @@ from .logger import MetricsLogger, setup_logging, write_params
 from .optim import create_optimizer
 from .params import parse_args
 from .placement import Placement
+from .remote import RemoteSync
 from .scheduler import Scheduler
+from .startup import check_startup
 from .stepper import Stepper
 from .train import EpochContext, train_one_epoch
 from .wrap import wrap_for_training
@@ -43,6 +45,7 @@ class Run:
     placement: Placement
     folder: Path
     logger: MetricsLogger
+    remote: RemoteSync | None = None  # --remote-sync, on rank 0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -56,10 +59,18 @@ def main(argv: list[str] | None = None) -> dict:
     if "train" not in data:  # evaluation only
         return finish(evaluate(model, epoch=0, final=True), cfg=cfg, run=run)
 
-    train = data["train"]
-    stepper, scheduler = build_optimization(model, cfg, run, steps_per_epoch=train.num_batches // cfg.optim.accum_freq)
+    train, steps_per_epoch = data["train"], data["train"].num_batches // cfg.optim.accum_freq
+    stepper, scheduler = build_optimization(model, cfg, run, steps_per_epoch=steps_per_epoch)
     folder = run.folder / "checkpoints"
-    state = checkpoint.resume(cfg.checkpoint.resume, folder=folder, world=run.world, model=model, stepper=stepper)
+    state = checkpoint.resume(
+        cfg.checkpoint.resume,
+        folder=folder,
+        world=run.world,
+        model=model,
+        stepper=stepper,
+        steps_per_epoch=steps_per_epoch,
+        remote=run.remote,
+    )
     saver = checkpoint.CheckpointWriter(folder, cfg, model=model, stepper=stepper, world=run.world, device=run.device)
     train_model = wrap_for_training(model, model_cfg=cfg.model, system=cfg.system, world=run.world, device=run.device)
     loss_fn = training_loss(cfg.loss, run.world)
@@ -85,12 +96,37 @@ def setup(cfg: TrainConfig) -> Run:
     device.setup(0 if cfg.system.no_set_device_rank else world.local_rank)
     init_distributed(world, backend=cfg.system.dist_backend or device.dist_backend, dist_url=cfg.system.dist_url)
     folder = _run_dir(cfg, world)
+    remote = _remote(cfg, folder) if world.is_master else None  # before logging: a resumed run continues its logs
     setup_logging(folder / "out.log" if world.is_master else None, debug=cfg.logging.debug, rank=world.rank)
     log.info("rank %d of %d on %s (%s)", world.rank, world.world_size, device, device.dist_backend)
+    check_startup(cfg, folder=folder, world=world)
     if world.is_master:
         write_params(folder / "params.txt", cfg)
+    if remote is not None:
+        if remote.restored:
+            log.info("restored %s of this run from %s", ", ".join(remote.restored), remote.url)
+        remote.sync()  # a remote that cannot be written fails the run now
+        remote.start()
     logger = MetricsLogger(folder if world.is_master else None, tensorboard="tensorboard" in cfg.logging.report_to)
-    return Run(world, device, Placement(device, Precision.parse(cfg.system.precision)), folder, logger)
+    return Run(world, device, Placement(device, Precision.parse(cfg.system.precision)), folder, logger, remote)
+
+
+def _remote(cfg: TrainConfig, folder: Path) -> RemoteSync | None:
+    """--remote-sync: the run folder's copy at URL/NAME; an existing remote run is only continued with --resume."""
+    c = cfg.checkpoint
+    if c.remote_sync is None:
+        return None
+    remote = RemoteSync(
+        folder,
+        f"{c.remote_sync.rstrip('/')}/{folder.name}",
+        every_s=c.remote_sync_frequency,
+        protocol=c.remote_sync_protocol,
+    )
+    if c.resume is None and remote.files():
+        raise ValueError(f"{remote.url} already holds a run: use --resume latest to continue it or a new --name")
+    if c.resume is not None:
+        remote.restore()
+    return remote
 
 
 def _run_dir(cfg: TrainConfig, world: World) -> Path:
@@ -200,6 +236,8 @@ def finish(results: dict, *, cfg: TrainConfig, run: Run, trained: bool = False) 
 
             plot_curves(run.folder / "metrics.jsonl", run.folder / "curves.png")
     run.logger.close()
+    if run.remote is not None:
+        run.remote.close()  # the final copy, after the last log line and results.json
     shutdown_distributed(run.world)
     return results
 
