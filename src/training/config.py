@@ -21,6 +21,7 @@ from open_mclip.transform import RESIZE_MODES
 DATASET_TYPES = ("auto", "webdataset", "csv", "synthetic")
 LR_SCHEDULERS = ("cosine", "const", "const-cooldown")
 OPTIMIZERS = ("adamw",)
+REPORT_SINKS = ("tensorboard", "wandb")  # --report-to: a comma-separated list of these, or "all"
 REMOTE_SYNC_PROTOCOLS = ("s3", "fsspec")  # s3: fsspec's s3 filesystem (s3fs) on an s3:// URL
 
 
@@ -279,9 +280,33 @@ class LoggingConfig:
     logs: str = flag("./logs/", "folder that holds one sub-folder per run")
     name: str | None = flag(None, "name of the run's folder (default: the time, model, lr, batch size and precision)")
     log_every_n_steps: int = flag(100, "log training metrics every N optimizer steps (and at the end of an epoch)")
-    report_to: str = flag("", "'tensorboard' to also write TensorBoard scalars")
+    report_to: str = flag(
+        "", "also report to: tensorboard, wandb (Weights & Biases), both comma-separated, or all (open_clip's)"
+    )
+    wandb_project_name: str = flag("open-clip", "Weights & Biases project (--report-to wandb)")
+    wandb_notes: str = flag("", "Weights & Biases notes of the run (--report-to wandb)")
     debug: bool = flag(False, "log at DEBUG level")
     plot: bool = flag(False, "write a PNG of the loss and accuracy curves to the run folder at the end")
+
+    def __post_init__(self) -> None:
+        report_sinks(self.report_to)
+
+    @property
+    def sinks(self) -> frozenset[str]:
+        """The sinks --report-to names, beyond the console, out.log and metrics.jsonl."""
+        return report_sinks(self.report_to)
+
+
+def report_sinks(value: str) -> frozenset[str]:
+    """`--report-to` as open_clip reads it (`wandb`, `tensorboard`, both joined by a comma, or `all`), strictly: an
+    unknown name is an error instead of silently reporting nowhere."""
+    names = {part.strip() for part in value.split(",")} - {"", "none"}
+    unknown = sorted(names - {*REPORT_SINKS, "all"})
+    if unknown:
+        raise ValueError(
+            f"--report-to {value!r}: unknown {', '.join(unknown)}; use tensorboard, wandb, tensorboard,wandb or all"
+        )
+    return frozenset(REPORT_SINKS) if "all" in names else frozenset(names)
 
 
 @dataclass

@@ -6,6 +6,7 @@ module wires them together, and `main()` reads top to bottom as the run goes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ from .data import DataInfo, get_data
 from .devices import Device, get_device
 from .distributed import World, barrier, broadcast_object, init_distributed, shutdown_distributed, world_from_env
 from .eval import Evaluator, ZeroShotPlan, zero_shot_plan
-from .logger import MetricsLogger, setup_logging, write_params
+from .logger import MetricsLogger, WandbSink, setup_logging, write_params
 from .optim import create_optimizer
 from .params import parse_args
 from .placement import Placement
@@ -107,7 +108,7 @@ def setup(cfg: TrainConfig) -> Run:
             log.info("restored %s of this run from %s", ", ".join(remote.restored), remote.url)
         remote.sync()  # a remote that cannot be written fails the run now
         remote.start()
-    logger = MetricsLogger(folder if world.is_master else None, tensorboard="tensorboard" in cfg.logging.report_to)
+    logger = _metrics_logger(cfg, folder, world)
     return Run(world, device, Placement(device, Precision.parse(cfg.system.precision)), folder, logger, remote)
 
 
@@ -127,6 +128,23 @@ def _remote(cfg: TrainConfig, folder: Path) -> RemoteSync | None:
     if c.resume is not None:
         remote.restore()
     return remote
+
+
+def _metrics_logger(cfg: TrainConfig, folder: Path, world: World) -> MetricsLogger:
+    if not world.is_master:
+        return MetricsLogger(None, tensorboard=False)
+    sinks, log_cfg = cfg.logging.sinks, cfg.logging
+    wandb = None
+    if "wandb" in sinks:
+        wandb = WandbSink(
+            name=folder.name,
+            project=log_cfg.wandb_project_name,
+            notes=log_cfg.wandb_notes,
+            config=dataclasses.asdict(cfg),
+            resume=cfg.checkpoint.resume is not None,
+            folder=folder,
+        )
+    return MetricsLogger(folder, tensorboard="tensorboard" in sinks, wandb=wandb)
 
 
 def _run_dir(cfg: TrainConfig, world: World) -> Path:

@@ -23,8 +23,6 @@ UNSUPPORTED = {
     "distill-pretrained": "distillation is not supported",
     "use-bnb-linear": "bitsandbytes linear layers are not supported",
     "copy-codebase": "copying the codebase is not supported",
-    "wandb-notes": "Weights & Biases is not supported: use --report-to tensorboard",
-    "wandb-project-name": "Weights & Biases is not supported: use --report-to tensorboard",
     "coca-caption-loss-weight": "CoCa models are not supported",
     "coca-contrastive-loss-weight": "CoCa models are not supported",
     "momentum": "only AdamW is supported (--opt adamw)",

@@ -77,7 +77,7 @@ def test_every_open_clip_flag_is_ours_with_its_default_and_choices_or_refused():
                 assert set(ours[flag].choices) == set(OUR_CHOICES.get(flag, action.choices)), flag
 
 
-@pytest.mark.parametrize("flag", ["--horovod", "--torchscript", "--distill-model x", "--wandb-project-name p"])
+@pytest.mark.parametrize("flag", ["--horovod", "--torchscript", "--distill-model x", "--use-bnb-linear x"])
 def test_unsupported_open_clip_flags_fail_clearly(flag, capsys):
     with pytest.raises(SystemExit):
         parse_args(flag.split())
