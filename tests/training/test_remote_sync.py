@@ -17,7 +17,7 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from training.checkpoint import INDEX, load
+from training.checkpoint import INDEX, load, remote_candidates
 from training.main import main
 from training.params import parse_args
 from training.remote import MANIFEST, RemoteSync, fetch_url
@@ -189,3 +189,17 @@ def test_a_partial_download_never_becomes_a_checkpoint(tmp_path, memory_url, mon
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(shutil, "copyfileobj", real_copy)
     assert fetch_url(f"{memory_url}/big.pt", tmp_path / "big.pt").read_bytes() == b"x" * 10_000
+
+
+def test_resume_latest_ranks_an_open_clip_bucket_by_its_checkpoint_names(tmp_path, memory_url):
+    """open_clip_train's remote holds epoch_N.pt and no index of ours: the names rank them."""
+    fs, root = fsspec.core.url_to_fs(memory_url)
+    for name in ("epoch_2.pt", "epoch_10.pt", "epoch_latest.pt"):
+        fs.pipe_file(f"{root}/run/checkpoints/{name}", b"weights")
+    remote = RemoteSync(tmp_path, f"{memory_url}/run", every_s=60)
+    ranked = remote_candidates(remote, tmp_path / "checkpoints")
+    assert [(c.remote, c.progress.epoch) for c in ranked] == [
+        ("checkpoints/epoch_10.pt", 10),
+        ("checkpoints/epoch_2.pt", 2),
+    ]
+    assert ranked[0].path == tmp_path / "checkpoints" / "epoch_10.pt"  # where the download goes
