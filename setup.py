@@ -10,12 +10,14 @@ HERE = Path(__file__).parent
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "src/open_mclip/version.py").read_text(), re.M).group(1)
 
 EXTRAS = {
-    "training": ["webdataset>=0.2.86", "braceexpand", "pandas", "tensorboard", "matplotlib"],
+    "training": ["webdataset>=0.2.86", "braceexpand", "pandas", "tensorboard", "matplotlib", "fsspec"],
     "hf": ["transformers>=4.40", "tokenizers", "sentencepiece", "protobuf"],
     "timm": ["timm>=1.0"],
+    "wandb": ["wandb"],  # --report-to wandb
+    "s3": ["s3fs"],  # --remote-sync s3://... (fsspec's s3 filesystem)
 }
 EXTRAS["test"] = sorted(
-    set(EXTRAS["training"] + EXTRAS["hf"] + EXTRAS["timm"])
+    set(EXTRAS["training"] + EXTRAS["hf"] + EXTRAS["timm"] + EXTRAS["wandb"])
     | {
         "pytest>=8",
         "pytest-xdist",

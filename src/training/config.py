@@ -27,8 +27,8 @@ TIMM_OPTIMIZERS = (
     "learning rates, layer-wise decay, no decay on gains and embeddings); use --opt adamw"
 )
 IMAGE_INTERPOLATIONS = (*INTERPOLATIONS, "random")  # open_clip's "random" resizes bicubic without timm, as here
-REPORT_SINKS = ("tensorboard",)
-WANDB_MISSING = "Weights & Biases logging is not available in this trainer yet (use tensorboard)"
+REPORT_SINKS = ("tensorboard", "wandb")  # --report-to: a comma-separated list of these, or "all"
+REMOTE_SYNC_PROTOCOLS = ("s3", "fsspec")  # s3: fsspec's s3 filesystem (s3fs) on an s3:// URL
 
 
 @dataclass(frozen=True)
@@ -405,11 +405,31 @@ class CheckpointConfig:
     save_most_recent: bool = flag(False, "keep the newest state in epoch_latest.pt after every epoch")
     delete_previous_checkpoint: bool = flag(False, "remove the previous checkpoint after writing a new one")
     resume: str | None = flag(
-        None, "checkpoint file to resume from, or 'latest' for the newest complete one of this run"
+        None,
+        "checkpoint to resume from: a file (ours or open_clip_train's), an fsspec URL, or 'latest' for the newest "
+        "complete one of this run (with --remote-sync: here or at the remote)",
+    )
+    remote_sync: str | None = flag(
+        None, "copy the run folder to URL/NAME in the background (any fsspec URL: s3://, gs://, file://, ...)"
+    )
+    remote_sync_frequency: int = flag(300, "seconds between two background copies of --remote-sync", valid=count(1))
+    remote_sync_protocol: str = flag(
+        "s3",
+        "how --remote-sync copies: fsspec, or s3 (fsspec's s3 filesystem: needs s3fs)",
+        choices=REMOTE_SYNC_PROTOCOLS,
     )
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.remote_sync is None:
+            return
+        if self.remote_sync_protocol not in REMOTE_SYNC_PROTOCOLS:
+            raise ValueError(f"remote_sync_protocol={self.remote_sync_protocol!r} is unknown; use s3 or fsspec")
+        if self.remote_sync_protocol == "s3" and not self.remote_sync.startswith("s3://"):
+            raise ValueError(
+                f"--remote-sync {self.remote_sync} with --remote-sync-protocol s3 needs an s3:// URL; for another "
+                "place add --remote-sync-protocol fsspec"
+            )
 
 
 @dataclass
@@ -455,7 +475,11 @@ class LoggingConfig:
     log_local: bool = flag(
         False, "write a log file (out-RANK) on the first process of every node, not only out.log on rank 0"
     )
-    report_to: str = flag("", f"comma-separated extra sinks: {', '.join(REPORT_SINKS)}")
+    report_to: str = flag(
+        "", "also report to: tensorboard, wandb (Weights & Biases), both comma-separated, or all (open_clip's)"
+    )
+    wandb_project_name: str = flag("open-clip", "Weights & Biases project (--report-to wandb)")
+    wandb_notes: str = flag("", "Weights & Biases notes of the run (--report-to wandb)")
     copy_codebase: bool = flag(
         False, "copy the trainer's and library's code into the run folder (code/), to rerun the run as it was"
     )
@@ -470,12 +494,24 @@ class LoggingConfig:
                 "./None/NAME and only skips checkpoints and TensorBoard) is not supported; give a folder, and "
                 "--save-frequency 0 to write no epoch checkpoints"
             )
-        unknown = [s for s in self.report_to.split(",") if s.strip() and s.strip() not in REPORT_SINKS]
-        if unknown:
-            known = ", ".join(REPORT_SINKS)
-            wandb = [s for s in unknown if s.strip() in ("wandb", "all")]
-            reason = f"{WANDB_MISSING}; " if wandb else ""
-            raise ValueError(f"--report-to {self.report_to}: {', '.join(unknown)} unknown; {reason}known: {known}")
+        report_sinks(self.report_to)
+
+    @property
+    def sinks(self) -> frozenset[str]:
+        """The sinks --report-to names, beyond the console, out.log and metrics.jsonl."""
+        return report_sinks(self.report_to)
+
+
+def report_sinks(value: str) -> frozenset[str]:
+    """`--report-to` as open_clip reads it (`wandb`, `tensorboard`, both joined by a comma, or `all`), strictly: an
+    unknown name is an error instead of silently reporting nowhere."""
+    names = {part.strip() for part in value.split(",")} - {"", "none"}
+    unknown = sorted(names - {*REPORT_SINKS, "all"})
+    if unknown:
+        raise ValueError(
+            f"--report-to {value!r}: unknown {', '.join(unknown)}; use tensorboard, wandb, tensorboard,wandb or all"
+        )
+    return frozenset(REPORT_SINKS) if "all" in names else frozenset(names)
 
 
 @dataclass

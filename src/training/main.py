@@ -6,6 +6,7 @@ module wires them together, and `main()` reads top to bottom as the run goes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -24,11 +25,13 @@ from .data import DataInfo, get_data
 from .devices import Device, get_device
 from .distributed import World, barrier, broadcast_object, init_distributed, shutdown_distributed, world_from_env
 from .eval import Evaluator, ZeroShotPlan, zero_shot_plan
-from .logger import MetricsLogger, log_file, setup_logging, write_params
+from .logger import MetricsLogger, WandbSink, log_file, setup_logging, write_params
 from .optim import adam_defaults, create_optimizer
 from .params import parse_args
 from .placement import Placement
+from .remote import RemoteSync
 from .scheduler import Scheduler
+from .startup import check_startup
 from .stepper import Stepper
 from .train import EpochContext, train_one_epoch
 from .wrap import wrap_for_training
@@ -45,6 +48,7 @@ class Run:
     placement: Placement
     folder: Path
     logger: MetricsLogger
+    remote: RemoteSync | None = None  # --remote-sync, on rank 0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,10 +64,18 @@ def main(argv: list[str] | None = None) -> dict:
     if "train" not in data:  # evaluation only
         return finish(evaluate(model, epoch=0, final=True), cfg=cfg, run=run)
 
-    train = data["train"]
-    stepper, scheduler = build_optimization(model, cfg, run, steps_per_epoch=train.num_batches // cfg.optim.accum_freq)
+    train, steps_per_epoch = data["train"], data["train"].num_batches // cfg.optim.accum_freq
+    stepper, scheduler = build_optimization(model, cfg, run, steps_per_epoch=steps_per_epoch)
     folder = run.folder / "checkpoints"
-    state = checkpoint.resume(cfg.checkpoint.resume, folder=folder, world=run.world, model=model, stepper=stepper)
+    state = checkpoint.resume(
+        cfg.checkpoint.resume,
+        folder=folder,
+        world=run.world,
+        model=model,
+        stepper=stepper,
+        steps_per_epoch=steps_per_epoch,
+        remote=run.remote,
+    )
     saver = checkpoint.CheckpointWriter(folder, cfg, model=model, stepper=stepper, world=run.world, device=run.device)
     train_model = wrap_for_training(model, model_cfg=cfg.model, system=cfg.system, world=run.world, device=run.device)
     loss_fn = training_loss(cfg.loss, run.world)
@@ -89,15 +101,57 @@ def setup(cfg: TrainConfig) -> Run:
     device.setup(0 if cfg.system.no_set_device_rank else world.local_rank)
     init_distributed(world, backend=cfg.system.dist_backend or device.dist_backend, dist_url=cfg.system.dist_url)
     folder = _run_dir(cfg, world)
+    remote = _remote(cfg, folder) if world.is_master else None  # before logging: a resumed run continues its logs
     own_log = log_file(folder, rank=world.rank, local_rank=world.local_rank, local=cfg.logging.log_local)
     setup_logging(own_log, debug=cfg.logging.debug, rank=world.rank)
     log.info("rank %d of %d on %s (%s)", world.rank, world.world_size, device, device.dist_backend)
+    check_startup(cfg, folder=folder, world=world)
     if world.is_master:
         write_params(folder / "params.txt", cfg)
         if cfg.logging.copy_codebase:
             copy_codebase(folder / "code")
-    logger = MetricsLogger(folder if world.is_master else None, tensorboard="tensorboard" in cfg.logging.report_to)
-    return Run(world, device, Placement(device, Precision.parse(cfg.system.precision)), folder, logger)
+    if remote is not None:
+        if remote.restored:
+            log.info("restored %s of this run from %s", ", ".join(remote.restored), remote.url)
+        remote.sync()  # a remote that cannot be written fails the run now
+        remote.start()
+    logger = _metrics_logger(cfg, folder, world)
+    return Run(world, device, Placement(device, Precision.parse(cfg.system.precision)), folder, logger, remote)
+
+
+def _remote(cfg: TrainConfig, folder: Path) -> RemoteSync | None:
+    """--remote-sync: the run folder's copy at URL/NAME; an existing remote run is only continued with --resume."""
+    c = cfg.checkpoint
+    if c.remote_sync is None:
+        return None
+    remote = RemoteSync(
+        folder,
+        f"{c.remote_sync.rstrip('/')}/{folder.name}",
+        every_s=c.remote_sync_frequency,
+        protocol=c.remote_sync_protocol,
+    )
+    if c.resume is None and remote.files():
+        raise ValueError(f"{remote.url} already holds a run: use --resume latest to continue it or a new --name")
+    if c.resume is not None:
+        remote.restore()
+    return remote
+
+
+def _metrics_logger(cfg: TrainConfig, folder: Path, world: World) -> MetricsLogger:
+    if not world.is_master:
+        return MetricsLogger(None, tensorboard=False)
+    sinks, log_cfg = cfg.logging.sinks, cfg.logging
+    wandb = None
+    if "wandb" in sinks:
+        wandb = WandbSink(
+            name=folder.name,
+            project=log_cfg.wandb_project_name,
+            notes=log_cfg.wandb_notes,
+            config=dataclasses.asdict(cfg),
+            resume=cfg.checkpoint.resume is not None,
+            folder=folder,
+        )
+    return MetricsLogger(folder, tensorboard="tensorboard" in sinks, wandb=wandb)
 
 
 def _run_dir(cfg: TrainConfig, world: World) -> Path:
@@ -226,6 +280,8 @@ def finish(results: dict, *, cfg: TrainConfig, run: Run, trained: bool = False) 
 
             plot_curves(run.folder / "metrics.jsonl", run.folder / "curves.png")
     run.logger.close()
+    if run.remote is not None:
+        run.remote.close()  # the final copy, after the last log line and results.json
     shutdown_distributed(run.world)
     return results
 

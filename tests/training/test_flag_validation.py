@@ -105,8 +105,7 @@ REFUSED = {  # command line -> what the message must say
     "--force-context-length 0": "--force-context-length 0 is invalid (force_context_length=0): use an int >= 1",
     # values open_clip accepts and we cannot honour
     "--opt timm/lamb": "--opt timm/lamb is not supported: timm's optimizers are not available here",
-    "--report-to wandb": "--report-to wandb: wandb unknown; Weights & Biases logging is not available",
-    "--report-to tensorboard,all": "--report-to tensorboard,all: all unknown; Weights & Biases logging",
+    "--report-to tensorboard,mlflow": "--report-to 'tensorboard,mlflow': unknown mlflow; use tensorboard, wandb",
     "--logs None": "--logs None: open_clip's 'store no logs' (which still writes out.log",
     "--aug-cfg use_timm=True": "--aug-cfg {'use_timm': True}: timm augmentation is not supported",
     "--aug-cfg sclae=(0.5,1.0)": "--aug-cfg {'sclae': (0.5, 1.0)}: unknown key 'sclae'",

@@ -25,9 +25,6 @@ from training.params import OPEN_CLIP_MAIN, UNSUPPORTED, build_parser, parse_arg
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
-WIP_WANDB = "Weights & Biases: issue 12 item 3, in progress"
-WIP_REMOTE = "remote sync: issue 12 item 4, in progress"
-WIP_CKPT = "checkpoints: issue 12 item 4, in progress"
 
 # flag -> (status, what it does here). The docs/migrating.md table has these rows, in this order.
 OPEN_CLIP_FLAGS = {
@@ -53,12 +50,8 @@ OPEN_CLIP_FLAGS = {
     "--epochs-cooldown": ("same", "in [1, --epochs]; only with `--lr-scheduler const-cooldown`"),
     "--lr": ("same", "a number >= 0 (default 5e-4)"),
     "--beta1": ("same", "in [0, 1)"),
-    "--beta2": (
-        "differs",
-        "in [0, 1); default 0.98 for a ViT image tower by its type (open_clip: 'vit' in the model name; they "
-        "differ for nllb-clip-base/-large)",
-    ),
-    "--eps": ("differs", "a number > 0; default 1e-6 for a ViT image tower by its type, as `--beta2`"),
+    "--beta2": ("same", "in [0, 1); default 0.98 when the model name has 'vit' (our `mclip-*`: a ViT image tower)"),
+    "--eps": ("same", "a number > 0; default 1e-6 when the model name has 'vit', as `--beta2`"),
     "--wd": ("same", "a number >= 0"),
     "--momentum": ("refused", "only for timm optimizers, which are refused"),
     "--warmup": ("same", "an int >= 0"),
@@ -68,11 +61,11 @@ OPEN_CLIP_FLAGS = {
     "--lr-scheduler": ("same", "cosine, const, const-cooldown, checked at parse time"),
     "--lr-cooldown-end": ("same", "a number >= 0; only with const-cooldown"),
     "--lr-cooldown-power": ("same", "a number > 0; only with const-cooldown"),
-    "--save-frequency": ("differs", f"0 saves no final `epoch_N.pt` either (open_clip does); {WIP_CKPT}"),
+    "--save-frequency": ("differs", "0 saves no final `epoch_N.pt` either (open_clip does)"),
     "--save-most-recent": ("same", "written atomically"),
     "--zeroshot-frequency": ("same", "0: never; also for `--zeroshot-data`"),
     "--val-frequency": ("same", "0: never"),
-    "--resume": ("partial", f"our checkpoints, `latest`; open_clip_train checkpoints and bare state dicts: {WIP_CKPT}"),
+    "--resume": ("extended", "also open_clip_train's checkpoints and fsspec URLs; `latest` here or at the remote"),
     "--precision": ("same", "fp16 and pure_fp16 training: issue 13 item 3"),
     "--model": ("same", "an unknown name is refused at parse time with the closest names"),
     "--pretrained": ("same", ""),
@@ -100,9 +93,9 @@ OPEN_CLIP_FLAGS = {
     "--device": ("differs", "default `auto` (cuda, hpu, mps, cpu); an absent device is an error, not a CPU fallback"),
     "--dist-url": ("same", ""),
     "--dist-backend": ("same", "default: the device's"),
-    "--report-to": ("partial", f"`tensorboard`; `wandb` and `all` refused ({WIP_WANDB})"),
-    "--wandb-notes": ("refused", WIP_WANDB),
-    "--wandb-project-name": ("refused", WIP_WANDB),
+    "--report-to": ("same", "`tensorboard`, `wandb`, both or `all`; an unknown name is refused"),
+    "--wandb-notes": ("same", ""),
+    "--wandb-project-name": ("same", "a resumed run continues its W&B run"),
     "--debug": ("same", ""),
     "--copy-codebase": ("same", "copies `training` and `open_mclip` to `RUN/code`"),
     "--horovod": ("refused", "use torchrun or srun"),
@@ -116,13 +109,12 @@ OPEN_CLIP_FLAGS = {
     "--log-every-n-steps": ("same", "an int >= 1"),
     "--coca-caption-loss-weight": ("refused", "no CoCa models"),
     "--coca-contrastive-loss-weight": ("refused", "no CoCa models"),
-    "--remote-sync": ("refused", WIP_REMOTE),
-    "--remote-sync-frequency": ("refused", WIP_REMOTE),
-    "--remote-sync-protocol": ("refused", WIP_REMOTE),
+    "--remote-sync": ("same", "any fsspec URL, copied in the background; `--resume latest` looks there too"),
+    "--remote-sync-frequency": ("same", "seconds, an int >= 1"),
+    "--remote-sync-protocol": ("differs", "`s3` is fsspec's s3 filesystem (the `s3` extra), not the aws CLI"),
     "--delete-previous-checkpoint": (
         "differs",
-        f"only after a newer checkpoint is written (open_clip deletes `epoch_{{N-1}}.pt` even when it saved none); "
-        f"{WIP_CKPT}",
+        "only after a newer, finite checkpoint is written (open_clip deletes `epoch_{N-1}.pt` even when it saved none)",
     ),
     "--distill-model": ("refused", "no distillation"),
     "--distill-pretrained": ("refused", "no distillation"),
@@ -146,7 +138,9 @@ BEHAVIOUR_TESTS = {
     "--image-interpolation": "test_open_clip_flags.py::test_random_interpolation_resizes_bicubic",
     "--aug-cfg": "test_flag_validation.py::test_refusals_name_the_flag_and_the_reason",
     "--force-custom-text": "test_open_clip_flags.py::test_force_custom_text_checkpoint_loads_in_custom_text_clip",
-    "--report-to": "test_flag_validation.py::test_refusals_name_the_flag_and_the_reason",
+    "--report-to": "test_wandb.py::test_metrics_reach_wandb_at_their_steps_and_a_resumed_run_continues_it",
+    "--resume": "test_open_clip_checkpoints.py::test_an_open_clip_train_checkpoint_resumes_here_as_in_open_clip_train",
+    "--remote-sync": "test_remote_sync.py::test_a_run_continues_from_its_remote_copy_on_a_machine_without_it",
     "--copy-codebase": "test_run_folder.py::test_copy_codebase_copies_code_that_runs",
     "--no-set-device-rank": "test_wrap.py::test_the_device_index_follows_the_local_rank_unless_told_not_to",
     "--lock-text": "test_open_clip_flags.py::test_text_tower_locks_as_open_clips_trainer",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import load
+from training.checkpoint import CheckpointError, load
 from training.main import main
 
 HERE = Path(__file__).parent
@@ -59,7 +59,7 @@ def test_sigkill_while_saving_then_resume_latest(tmp_path, base, uninterrupted, 
     folder = tmp_path / "run" / "checkpoints"
     partial = [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
     assert len(partial) == 1, "the kill should leave exactly one half-written temporary file"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CheckpointError, match="truncated"):
         load(folder / partial[0])  # it really is truncated
     complete = sorted(p.name for p in folder.glob("*.pt"))
     for name in complete:
