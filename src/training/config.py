@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from open_mclip.constants import HF_HUB_PREFIX, LOCAL_DIR_PREFIX
-from open_mclip.image_ops import INTERPOLATIONS
+from open_mclip.image_ops import INTERPOLATIONS, ImageBounds
 from open_mclip.loss import SIGLIP_DIST_IMPLS
 from open_mclip.precision import PRECISION_CHOICES
 from open_mclip.transform import RESIZE_MODES
 
 DATASET_TYPES = ("auto", "webdataset", "csv", "synthetic")
+MAX_DECODABLE_PIXELS = 2 * 89_478_485  # Pillow raises DecompressionBombError beyond twice its MAX_IMAGE_PIXELS
 LR_SCHEDULERS = ("cosine", "const", "const-cooldown")
 OPTIMIZERS = ("adamw",)
 
@@ -71,6 +72,19 @@ class DataConfig:
     shuffle_buffer: int = flag(5000, "shards: samples each worker holds for shuffling while training (1: no shuffle)")
     pin_memory: bool = flag(False, "pin batches in page-locked memory (only useful with an accelerator)")
     synthetic_image_size: int = flag(224, "side in pixels of the random images of --dataset-type synthetic")
+    max_image_pixels: int = flag(
+        ImageBounds.max_pixels,
+        "skip (and count) images of more pixels than this, in training, validation and zero-shot, before decoding",
+    )
+    max_image_aspect_ratio: float = flag(
+        ImageBounds.max_aspect_ratio,
+        "skip (and count) images whose long side exceeds this many times the short one (resizing the short side "
+        "of a 1x4000 image to 224 px costs 800 MB)",
+    )
+
+    @property
+    def image_bounds(self) -> ImageBounds:
+        return ImageBounds(self.max_image_pixels, self.max_image_aspect_ratio)
 
     def __post_init__(self) -> None:
         if self.dataset_type not in DATASET_TYPES:
@@ -82,6 +96,15 @@ class DataConfig:
         for name in ("train_num_samples", "val_num_samples"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), minimum=0)
+        check_int("max_image_pixels", self.max_image_pixels, minimum=1)
+        if self.max_image_pixels > MAX_DECODABLE_PIXELS:
+            raise ValueError(
+                f"max_image_pixels={self.max_image_pixels} is invalid: Pillow refuses images over "
+                f"{MAX_DECODABLE_PIXELS} pixels itself (DecompressionBombError); use at most that"
+            )
+        ratio = self.max_image_aspect_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 1 <= ratio < float("inf"):
+            raise ValueError(f"max_image_aspect_ratio={ratio!r} is invalid; use a finite number >= 1")
         if not self.csv_separator:
             raise ValueError("csv_separator is empty; use e.g. '\\t' for TSV or ',' for CSV")
         if not isinstance(self.val_lang_key, str) or not self.val_lang_key.strip():

@@ -45,6 +45,7 @@ class Evaluator:
         results = {}
         if self.val is not None and (final or epoch % max(self.cfg.val_frequency, 1) == 0) and self.world.is_master:
             results["val"] = validate(model, self.val.dataloader, self.loss, placement=self.placement)
+            results["val"].update(self.val.skipped.metrics())  # each bad sample once, however many passes
         if self.plan and (final or epoch % max(self.cfg.zeroshot_frequency, 1) == 0):
             results.update(
                 zero_shot(  # "zeroshot" (--zeroshot-data) and "imagenet" (--imagenet-val)
