@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from open_mclip.constants import HF_HUB_PREFIX, LOCAL_DIR_PREFIX
-from open_mclip.image_ops import INTERPOLATIONS
+from open_mclip.image_ops import INTERPOLATIONS, ImageBounds
 from open_mclip.loss import SIGLIP_DIST_IMPLS
 from open_mclip.precision import PRECISION_CHOICES
 from open_mclip.transform import RESIZE_MODES, image_transform
 
 DATASET_TYPES = ("auto", "webdataset", "csv", "synthetic")
+MAX_DECODABLE_PIXELS = 2 * 89_478_485  # Pillow raises DecompressionBombError beyond twice its MAX_IMAGE_PIXELS
 LR_SCHEDULERS = ("cosine", "const", "const-cooldown")
 OPTIMIZERS = ("adamw",)
 TIMM_OPTIMIZERS = (
@@ -162,11 +163,31 @@ class DataConfig:
     synthetic_image_size: int = flag(
         224, "side in pixels of the random images of --dataset-type synthetic", valid=count(1)
     )
+    max_image_pixels: int = flag(
+        ImageBounds.max_pixels,
+        "skip (and count) images of more pixels than this, in training, validation and zero-shot, before decoding",
+        valid=count(1),
+    )
+    max_image_aspect_ratio: float = flag(
+        ImageBounds.max_aspect_ratio,
+        "skip (and count) images whose long side exceeds this many times the short one (resizing the short side "
+        "of a 1x4000 image to 224 px costs 800 MB)",
+        valid=Range(low=1),
+    )
+
+    @property
+    def image_bounds(self) -> ImageBounds:
+        return ImageBounds(self.max_image_pixels, self.max_image_aspect_ratio)
 
     def __post_init__(self) -> None:
         if self.dataset_type not in DATASET_TYPES:
             raise ValueError(f"dataset_type={self.dataset_type!r} is unknown; use one of {', '.join(DATASET_TYPES)}")
         check_ranges(self)
+        if self.max_image_pixels > MAX_DECODABLE_PIXELS:
+            raise ValueError(
+                f"--max-image-pixels {self.max_image_pixels} is invalid: Pillow refuses images over "
+                f"{MAX_DECODABLE_PIXELS} pixels itself (DecompressionBombError); use at most that"
+            )
         if not self.csv_separator:
             raise ValueError("csv_separator is empty; use e.g. '\\t' for TSV or ',' for CSV")
         if not isinstance(self.val_lang_key, str) or not self.val_lang_key.strip():

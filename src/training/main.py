@@ -21,7 +21,7 @@ from open_mclip.precision import Precision
 from . import checkpoint
 from .codebase import copy_codebase
 from .config import LockConfig, LossConfig, TrainConfig
-from .data import DataInfo, get_data
+from .data import DataInfo, bounded, get_data
 from .devices import Device, get_device
 from .distributed import World, barrier, broadcast_object, init_distributed, shutdown_distributed, world_from_env
 from .eval import Evaluator, ZeroShotPlan, zero_shot_plan
@@ -205,7 +205,8 @@ def build_model(cfg: TrainConfig, device: Device, world: World):
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
     device.seed(cfg.system.seed + world.rank)
-    return model, preprocess_train, preprocess_val
+    # the transforms' own size check (their first step) follows --max-image-pixels/--max-image-aspect-ratio
+    return model, bounded(preprocess_train, cfg.data.image_bounds), bounded(preprocess_val, cfg.data.image_bounds)
 
 
 def lock_towers(model, lock: LockConfig) -> None:

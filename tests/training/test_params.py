@@ -66,7 +66,7 @@ OPEN_CLIP_FLAGS = {
     "--zeroshot-frequency": ("same", "0: never; also for `--zeroshot-data`"),
     "--val-frequency": ("same", "0: never"),
     "--resume": ("extended", "also open_clip_train's checkpoints and fsspec URLs; `latest` here or at the remote"),
-    "--precision": ("same", "fp16 and pure_fp16 training: issue 13 item 3"),
+    "--precision": ("same", "fp16 and pure_fp16 train without a grad scaler, as open_clip's"),
     "--model": ("same", "an unknown name is refused at parse time with the closest names"),
     "--pretrained": ("same", ""),
     "--pretrained-image": ("same", "timm image towers; refused for other towers and beside `--pretrained`"),

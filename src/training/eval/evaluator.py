@@ -52,6 +52,7 @@ class Evaluator:
         results = {}
         if self.val is not None and due(self.cfg.val_frequency, epoch=epoch, final=final) and self.world.is_master:
             results["val"] = validate(model, self.val.dataloader, self.loss, placement=self.placement)
+            results["val"].update(self.val.skipped.metrics())  # each bad sample once, however many passes
         if self.plan and due(self.cfg.zeroshot_frequency, epoch=epoch, final=final):
             results.update(
                 zero_shot(  # "zeroshot" (--zeroshot-data), "imagenet" (--imagenet-val), "imagenet-v2" (--imagenet-v2)

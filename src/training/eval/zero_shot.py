@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from open_mclip.transform import load_image
+from open_mclip.image_ops import image_bounds_of
 from open_mclip.zero_shot import build_zero_shot_classifier
 from open_mclip.zero_shot_packs import (
     imagenet_wnids,
@@ -33,6 +33,8 @@ from open_mclip.zero_shot_packs import (
 )
 
 from ..config import EvalConfig
+from ..data.info import SAMPLE_REASONS, SkipCounter
+from ..data.samples import SampleDecoder
 from ..distributed import World, all_reduce_sum
 from ..placement import Placement
 
@@ -61,7 +63,8 @@ def class_folders(root: str | Path, *, flag: str) -> list[str]:
 
 class ImageFolder(Dataset):
     """`root/<class>/<image>` without torchvision: class i is the i-th of `classes` (default: the folders sorted by
-    name); this rank's shard of the images."""
+    name); this rank's shard of the images. An image that cannot be used (broken, gone, beyond the transform's size
+    bounds) gives None and is counted."""
 
     def __init__(
         self, root: str | Path, transform, *, classes: list[str] | None = None, rank: int = 0, world_size: int = 1
@@ -76,13 +79,23 @@ class ImageFolder(Dataset):
         ]
         self.samples = samples[rank::world_size]  # each rank evaluates its own shard
         self.transform = transform
+        self.decoder = SampleDecoder(
+            preprocess=transform, tokenizer=None, bounds=image_bounds_of(transform), skipped=SkipCounter(rows=len(self))
+        )
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        return self.transform(load_image(path)), label
+        image = self.decoder.image_file(str(path), where=f"zero-shot image {index}", row=index)
+        return None if image is None else (self.transform(image), label)
+
+
+def _usable(batch: list) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Collate the samples that could be read (None: none of the batch could)."""
+    batch = [sample for sample in batch if sample is not None]
+    return default_collate(batch) if batch else None
 
 
 def _listed(items: list[str]) -> str:
@@ -281,7 +294,10 @@ def evaluate_sets(
     label_maps = [_label_map(s.labels, len(dataset.classes), where) for s in sets.values()]
     counts = torch.zeros(len(sets), 3, device=where)  # (languages, [top-1 hits, top-5 hits, images])
     total = torch.zeros(1, device=where)
-    for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
+    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_usable):
+        if batch is None:
+            continue
+        images, labels = batch
         with placement.autocast():
             features = model.encode_image(placement.images(images), normalize=True).float()  # (batch, dim)
         labels = labels.to(where)
@@ -289,8 +305,10 @@ def evaluate_sets(
             counts[i] += _hits(features, classifier, label_map[labels])
         total += len(labels)
         device.mark_step()
-    all_reduce_sum(counts, world), all_reduce_sum(total, world)
-    return _metrics(sets, counts.cpu(), int(total.item()))
+    skipped = torch.tensor([dataset.decoder.skipped.by_reason().get(r, 0) for r in SAMPLE_REASONS], device=where)
+    all_reduce_sum(counts, world), all_reduce_sum(total, world), all_reduce_sum(skipped, world)
+    skips = {f"skipped_{r}": int(n) for r, n in zip(SAMPLE_REASONS, skipped.tolist()) if n}
+    return {**_metrics(sets, counts.cpu(), int(total.item())), "skipped_samples": sum(skips.values()), **skips}
 
 
 def _metrics(sets: dict[str, ZeroShotSet], counts: torch.Tensor, total: int) -> dict:
