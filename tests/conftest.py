@@ -17,6 +17,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
+pytest_plugins = ["search_support"]  # fixtures of the open_mclip.search tests (tiny_model_dir, ...)
+
 
 def pytest_collection_modifyitems(config, items):
     cuda = torch.cuda.is_available()
