@@ -3,7 +3,12 @@ real MNIST digits and real photos, and a counter of the images that go through a
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import io
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +17,7 @@ import torch
 from PIL import Image
 
 import open_mclip
-from open_mclip.search import Encoder
+from open_mclip.search import Encoder, SearchIndex
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +79,37 @@ class CountingEncoder:
             return real(images, normalize=normalize)
 
         encoder.model.encode_image = counted
+
+
+@contextlib.contextmanager
+def running_server(index: SearchIndex, port: int) -> Iterator[str]:
+    """The search web app on 127.0.0.1:port in a thread, for as long as the block runs; yields its base URL."""
+    import uvicorn
+
+    from open_mclip.search.server import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(index), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the search server did not start on port {port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def raw_get(port: int, path: str) -> tuple[int, bytes, str]:
+    """(status, body, content type) of a GET sent exactly as written: no client-side cleaning of "../" or "%2e"."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.putrequest("GET", path, skip_accept_encoding=True)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read(), response.getheader("content-type", "")
+    finally:
+        connection.close()

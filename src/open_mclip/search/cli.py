@@ -172,9 +172,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    if args.command in ("query",):
-        logging.getLogger().setLevel(logging.WARNING)  # results on stdout, only problems on stderr
+    level = logging.WARNING if args.command in ("query", "info") else logging.INFO  # query: only problems logged
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     commands = {"index": run_index, "query": run_query, "serve": run_serve}
     try:
         if args.command == "info":

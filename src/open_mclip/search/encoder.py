@@ -104,16 +104,19 @@ class Encoder:
         features = self.model.encode_image(images.to(self.device), normalize=True)
         return features.float().cpu().numpy()
 
-    @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], *, lang: str | None = None) -> np.ndarray:
-        """Texts in any script -> (n, dim) float32, L2-normalised. `lang` ("hi", "hin_Deva") selects the source
-        language of a tokenizer that takes one (NLLB); other tokenizers need no hint and ignore it."""
+    def tokenize(self, texts: Sequence[str], *, lang: str | None = None) -> torch.Tensor:
+        """Token ids (n, context); `lang` ("hi", "hin_Deva") selects the source language of a tokenizer that takes
+        one (NLLB), and is not needed by the others (CLIP's BPE, XLM-R), which ignore it."""
         if lang and takes_language(self.tokenizer):
             self.tokenizer.set_language(language_token(lang))
         elif lang:
             log.debug("language hint %r ignored: %s takes no language", lang, type(self.tokenizer).__name__)
-        tokens = self.tokenizer(list(texts))
-        features = self.model.encode_text(tokens.to(self.device), normalize=True)
+        return self.tokenizer(list(texts))
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], *, lang: str | None = None) -> np.ndarray:
+        """Texts in any script -> (n, dim) float32, L2-normalised (see `tokenize` for `lang`)."""
+        features = self.model.encode_text(self.tokenize(texts, lang=lang).to(self.device), normalize=True)
         return features.float().cpu().numpy()
 
     def encode_pil(self, images: Sequence[Any]) -> np.ndarray:
