@@ -12,9 +12,12 @@ EXTRAS = {
     "training": ["webdataset>=0.2.86", "braceexpand", "pandas", "tensorboard", "matplotlib"],
     "hf": ["transformers>=4.40", "tokenizers", "sentencepiece", "protobuf"],
     "timm": ["timm>=1.0"],
+    # open_mclip.search: Parquet metadata, the web page (FastAPI + uvicorn); faiss for the approximate index
+    "search": ["pyarrow", "fastapi", "uvicorn"],
+    "faiss": ["faiss-cpu"],
 }
 EXTRAS["test"] = sorted(
-    set(EXTRAS["training"] + EXTRAS["hf"] + EXTRAS["timm"])
+    set(EXTRAS["training"] + EXTRAS["hf"] + EXTRAS["timm"] + EXTRAS["search"] + EXTRAS["faiss"])
     | {
         "pytest>=8",
         "pytest-xdist",
@@ -25,6 +28,7 @@ EXTRAS["test"] = sorted(
         "matplotlib",
         "ruff",
         "requests",  # CLIP_benchmark imports it (tests/test_as_open_clip.py runs its command line)
+        "selenium",  # drives headless Chromium in the search page test (tests/test_search_e2e.py)
     }
 )
 
@@ -41,7 +45,7 @@ setup(
     package_data={
         "open_mclip": [
             "bpe_simple_vocab_16e6.txt.gz", "NOTICE_bpe_vocab.md", "model_configs/*.json", "pretrained.json",
-            "zero_shot_data/*.json", "zero_shot_data/SOURCES.md",
+            "zero_shot_data/*.json", "zero_shot_data/SOURCES.md", "search/static/*.html",
         ],
         "training": ["demo_data/*.json"],
     },  # fmt: skip

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -216,3 +217,26 @@ def test_webdataset_shards_are_indexed_member_by_member(tmp_path, mnist, encoder
     # the stored vector is the model's embedding of that very member
     direct = encoder.encode_pil([Image.fromarray(images[7])])
     np.testing.assert_allclose(embeddings[7], direct[0], atol=2e-3)  # float16 storage
+
+
+SEARCH_IMPORT = re.compile(
+    r"^\s*(?:from|import)\s+(?:open_mclip\.search|\.search)\b|^\s*from\s+(?:open_mclip|\.)\s+import\s+.*\bsearch\b",
+    re.M,
+)
+
+
+def test_the_library_never_imports_search_and_search_imports_no_extras():
+    assert SEARCH_IMPORT.search("from .search import build_index") and SEARCH_IMPORT.search("from . import search")
+    assert not SEARCH_IMPORT.search("from .searching import x")
+    src = REPO / "src" / "open_mclip"
+    core = [p for p in src.rglob("*.py") if "search" not in p.relative_to(src).parts]
+    offenders = [str(p.relative_to(src)) for p in core if SEARCH_IMPORT.search(p.read_text(encoding="utf-8"))]
+    assert not offenders, f"the library core imports open_mclip.search: {offenders}"
+    code = (
+        "import sys, open_mclip, open_mclip.search, open_mclip.search.cli;"
+        "heavy = [m for m in ('fastapi', 'uvicorn', 'faiss', 'pyarrow', 'torchvision') if m in sys.modules];"
+        "assert not heavy, heavy"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
