@@ -101,6 +101,10 @@ class SearchIndex:
             self._encoder = encoder
         return self._encoder
 
+    def load_model(self) -> Encoder:
+        """Load the index's model now (it is otherwise loaded by the first query that needs it)."""
+        return self.encoder
+
     @property
     def approximate(self) -> bool:
         return self._ann is not None

@@ -192,5 +192,6 @@ def serve(index: SearchIndex, *, host: str = "127.0.0.1", port: int = 8000) -> N
         raise ImportError("serve needs FastAPI and uvicorn: pip install 'open_mclip[search]'") from err
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: other machines can reach the index's images; the default is 127.0.0.1", host)
+    index.load_model()  # now, not on the first query; a moved or changed checkpoint fails here
     log.info("serving %d images of %s on http://%s:%d/", len(index), index.root, host, port)
     uvicorn.run(create_app(index), host=host, port=port, log_level="warning")
