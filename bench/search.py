@@ -85,7 +85,12 @@ def bench_indexing(work: Path, *, workers: int) -> dict[str, Any]:
     files = sorted(folder.rglob("*.png"))
     rng = np.random.default_rng(0)
     for n, i in enumerate(rng.choice(len(files), size=100, replace=False)):
-        Image.open(files[i]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(files[i])  # new content, same name
+        image = Image.open(files[i])
+        image.load()
+        image.putpixel(
+            (0, 0), 255 - image.getpixel((0, 0))
+        )  # new content, same name (a flip can leave a 0 or 8 as it was)
+        image.save(files[i])
         os.utime(files[i], (1.5e9 + n, 1.5e9 + n))
     changed = build_index(folder, index, model=model, workers=workers, batch_size=256, progress=False)
     assert changed.embedded == 100, changed.summary()
@@ -146,8 +151,15 @@ def _synthetic_index(work: Path, rows: int, dim: int, spec: Any) -> Path:
         vectors = rng.standard_normal((n, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         keys = [f"img/{start + i:07d}.jpg" for i in range(n)]
-        columns = {"image_path": keys, "size": [1000] * n, "mtime": [1.6e9] * n, "sha256": [""] * n,
-                   "width": [640] * n, "height": [480] * n, "caption": [""] * n}  # fmt: skip
+        columns = {
+            "image_path": keys,
+            "size": [1000] * n,
+            "mtime": [1.6e9] * n,
+            "sha256": [""] * n,
+            "width": [640] * n,
+            "height": [480] * n,
+            "caption": [""] * n,
+        }
         name = f"{manifest['next_chunk']:06d}"
         store.write_chunk(name, vectors, columns, dtype="float16")
         manifest["chunks"].append({"name": name, "rows": n})

@@ -146,9 +146,17 @@ def test_search_page_in_headless_chromium(digit_index, tmp_path, free_port):
     _, index_dir, _ = digit_index
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,900",
-                 f"--user-data-dir={tmp_path / 'chrome'}"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1200,900",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+    ):
         options.add_argument(flag)
     port = free_port()
     with running_server(SearchIndex(index_dir), port) as url:

@@ -116,8 +116,13 @@ def test_sigkill_half_way_resumes_without_redoing_finished_chunks(tmp_path, mnis
     args = ["index", str(folder), "--index", str(tmp_path / "idx"), "--model", tiny_model_dir]
     args += ["--chunk-size", "64", "--batch-size", "32", "--workers", "0", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
-    killed = subprocess.run([sys.executable, str(HERE / "kill_during_index.py"), "3", *args],
-                            capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, str(HERE / "kill_during_index.py"), "3", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     manifest = json.loads((tmp_path / "idx" / "index.json").read_text())
     assert [c["rows"] for c in manifest["chunks"]] == [64, 64] and not manifest["complete"]
