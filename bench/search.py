@@ -1,7 +1,7 @@
 """Measure open_mclip.search on this machine: indexing speed, re-indexing after 1% of the files change, query
 latency (exact and faiss) at 10k and 100k vectors with the faiss recall, and memory. Writes JSON and prints Markdown.
 
-    python -m bench.search --out bench/results/search-cpu-epyc-2core.json [--work /tmp/search-bench]
+    python -m bench.search --out bench/results/search-cpu-xeon-2core.json [--work /tmp/search-bench]
 
 Images: the 10,000 real MNIST test digits as PNG files, indexed with mclip-mnist (the demo's architecture), and
 real photos (scikit-image, scikit-learn) cut into 640x480 JPEGs, indexed with ViT-B-32 at 224 px. Weights are random
