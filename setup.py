@@ -31,7 +31,7 @@ EXTRAS["test"] = sorted(
         "matplotlib",
         "ruff",
         "requests",  # CLIP_benchmark imports it (tests/test_as_open_clip.py runs its command line)
-        "selenium",  # drives headless Chromium in the search page test (tests/test_search_e2e.py)
+        "selenium",  # drives headless Chromium in the search page test (tests/search/test_search_e2e.py)
     }
 )
 

@@ -1,6 +1,6 @@
 """Run training.main, but SIGKILL the process half-way through writing its Nth checkpoint (test helper).
 
-Usage: python tests/kill_during_save.py N [training.main flags]
+Usage: python tests/training/kill_during_save.py N [training.main flags]
 """
 
 import io
