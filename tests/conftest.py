@@ -17,6 +17,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
+# under pytest-xdist (make test runs two workers on the two cores) each worker and the programs it starts use one
+# thread: two workers of two threads each would fight over two cores
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     cuda = torch.cuda.is_available()
