@@ -103,7 +103,7 @@ def test_every_layout_gives_the_same_labels_and_scores(layout, layouts, model_na
     labels = sorted(label for _, label in ImageFolder(root, None, classes=classes).samples)
     assert labels == sorted(classes_of_photos)  # the class index, not the position of "281" among sorted text
     results = _ours(layouts[layout], model_name, cpu_fp32)["imagenet-v2"]
-    assert results == {"en_top1": HITS["top1"] / 6, "en_top5": HITS["top5"] / 6, "num_images": 6}
+    assert results == {"en_top1": HITS["top1"] / 6, "en_top5": HITS["top5"] / 6, "num_images": 6, "skipped_samples": 0}
 
 
 def test_imagenet_v2_equals_open_clips_zero_shot_eval(layouts, model_name, monkeypatch, cpu_fp32):
@@ -136,7 +136,11 @@ def test_imagenet_v2_scores_what_imagenet_val_scores_on_the_same_images(tmp_path
     flags = f"--model {model_name} --device cpu --precision fp32 --workers 0"
     flags += f" --imagenet-val {layouts['wnids']} --imagenet-v2 {layouts['open_clip']} --zeroshot-frequency 1"
     results = main([*flags.split(), "--logs", str(tmp_path), "--name", "eval"])
-    assert results["imagenet-v2"] == results["imagenet"] == {"en_top1": 2 / 6, "en_top5": 4 / 6, "num_images": 6}
+    assert (
+        results["imagenet-v2"]
+        == results["imagenet"]
+        == {"en_top1": 2 / 6, "en_top5": 4 / 6, "num_images": 6, "skipped_samples": 0}
+    )
     assert "zero-shot accuracy (imagenet-v2) after epoch 0" in (tmp_path / "eval" / "out.log").read_text()
 
 

@@ -154,7 +154,7 @@ class FakeS3(MemoryFileSystem):
     store, pseudo_dirs = {}, [""]
 
 
-def test_protocol_s3_is_fsspecs_s3_filesystem_on_an_s3_url(tmp_path, monkeypatch):
+def test_protocol_s3_is_fsspecs_s3_filesystem_on_an_s3_url(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules["fsspec.registry"]._registry, "s3", FakeS3)  # undone after the test
     cfg = parse_args("--remote-sync s3://bucket/logs".split())  # open_clip's default protocol is s3
     assert cfg.checkpoint.remote_sync_protocol == "s3"
@@ -165,13 +165,15 @@ def test_protocol_s3_is_fsspecs_s3_filesystem_on_an_s3_url(tmp_path, monkeypatch
     assert isinstance(remote.fs, FakeS3) and remote.sync() == 1
     with fsspec.open("s3://bucket/logs/run/out.log", "rb") as handle:
         assert handle.read() == b"hello"
-    with pytest.raises(ValueError, match="--remote-sync-protocol s3 needs an s3:// URL"):
+    with pytest.raises(SystemExit):
         parse_args("--remote-sync gs://bucket/logs --remote-sync-protocol s3".split())
+    assert "--remote-sync-protocol s3 needs an s3:// URL" in capsys.readouterr().err
 
 
-def test_remote_sync_flags_are_checked_when_parsed():
-    with pytest.raises(ValueError, match="remote_sync_frequency=0 is invalid"):
+def test_remote_sync_flags_are_checked_when_parsed(capsys):
+    with pytest.raises(SystemExit):
         parse_args("--remote-sync memory://x --remote-sync-protocol fsspec --remote-sync-frequency 0".split())
+    assert "--remote-sync-frequency 0 is invalid (remote_sync_frequency=0)" in capsys.readouterr().err
 
 
 def test_a_partial_download_never_becomes_a_checkpoint(tmp_path, memory_url, monkeypatch):
