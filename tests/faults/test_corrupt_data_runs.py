@@ -18,7 +18,9 @@ from PIL import Image
 from tests.training.test_data_corrupt import bad_samples
 
 from training.checkpoint import load, model_state, non_finite
+from training.config import DataConfig
 from training.main import main
+from training.startup import StartupCheckError, check_data
 
 STRIP = np.full((4000, 1), 200, np.uint8)  # a 1 x 4000 px image: the eval resize of its short side costs 800 MB
 
@@ -93,3 +95,10 @@ def test_every_kind_of_bad_sample_and_shard_is_skipped_and_counted_once_and_trai
     assert results["train"]["step"] == 16 and saved["nonfinite_steps_total"] == 0
     assert not non_finite(model_state(load(tmp_path / "run" / "checkpoints" / "epoch_2.pt")))
     assert torch.isfinite(torch.tensor(saved["loss"]))
+
+
+def test_an_empty_csv_file_is_refused_at_start_up_naming_it(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")  # not even a header (pandas alone says "No columns to parse from file")
+    with pytest.raises(StartupCheckError, match=f"--train-data {empty} holds no rows"):
+        check_data(DataConfig(train_data=str(empty)))
