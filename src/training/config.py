@@ -410,6 +410,12 @@ class SystemConfig:
         "random seed: weights, shard order, shuffling, resampling, augmentation (with epoch and rank)",
         valid=count(0),
     )
+    max_nonfinite_steps: int = flag(
+        3,
+        "stop the run (exit status 3) after N optimizer steps in a row with a non-finite loss or gradient (each "
+        "such step is skipped and counted; under --precision amp, steps the grad scaler skips)",
+        valid=count(1),
+    )
 
     def __post_init__(self) -> None:
         check_ranges(self)

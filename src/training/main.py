@@ -24,6 +24,7 @@ from .config import LockConfig, LossConfig, TrainConfig
 from .data import DataInfo, bounded, get_data
 from .devices import Device, get_device
 from .distributed import World, barrier, broadcast_object, init_distributed, shutdown_distributed, world_from_env
+from .divergence import DivergenceGuard
 from .eval import Evaluator, ZeroShotPlan, zero_shot_plan
 from .logger import MetricsLogger, WandbSink, log_file, setup_logging, write_params
 from .optim import adam_defaults, create_optimizer
@@ -79,7 +80,13 @@ def main(argv: list[str] | None = None) -> dict:
     saver = checkpoint.CheckpointWriter(folder, cfg, model=model, stepper=stepper, world=run.world, device=run.device)
     train_model = wrap_for_training(model, model_cfg=cfg.model, system=cfg.system, world=run.world, device=run.device)
     loss_fn = training_loss(cfg.loss, run.world)
-    ctx = EpochContext(run.placement, cfg.optim.accum_freq, cfg.logging.log_every_n_steps, run.world, run.logger)
+    guard = DivergenceGuard(
+        max_in_a_row=cfg.system.max_nonfinite_steps,
+        world=run.world,
+        checkpoints=lambda: checkpoint.local_candidates(folder),
+        save_every=cfg.checkpoint.save_every_n_steps,
+    )
+    ctx = EpochContext(run.placement, cfg.optim.accum_freq, cfg.logging.log_every_n_steps, run.world, run.logger, guard)
     results = {}
     while state.epoch < cfg.schedule.epochs:
         # data order, augmentation and dropout depend on (seed, rank, epoch) alone, so a resumed run repeats them
@@ -88,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
         train_one_epoch(train_model, train, loss_fn, stepper, scheduler, ctx=ctx, state=state, on_step=saver.after_step)
         state.epoch, state.epoch_step = state.epoch + 1, 0
         last = state.epoch == cfg.schedule.epochs
-        saver.after_epoch(state, last=last)
+        if guard.may_save(step=state.step):
+            saver.after_epoch(state, last=last)
         results = evaluate(model, epoch=state.epoch, final=last)
     results["train"] = state.history[-1] if state.history else {}
     return finish(results, cfg=cfg, run=run, trained=True)

@@ -6,6 +6,7 @@ Only paths from the configuration are read (a CSV's first lines, shard sizes); l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -49,7 +50,8 @@ def check_writable(folder: Path) -> None:
             "space there, or point --logs elsewhere"
         ) from None
     finally:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only mount the removal fails too: the error above is the news
+            probe.unlink(missing_ok=True)
 
 
 def check_data(cfg: DataConfig) -> None:

@@ -16,6 +16,7 @@ import torch
 from .accumulation import accumulated_backward, model_features
 from .data import DataInfo
 from .distributed import World
+from .divergence import DivergenceGuard
 from .logger import MetricsLogger
 from .placement import Placement
 from .rng import set_rng_state
@@ -46,6 +47,7 @@ class EpochContext:
     log_every: int  # optimizer steps between logged metrics
     world: World
     logger: MetricsLogger
+    guard: DivergenceGuard | None = None  # skips and counts non-finite steps, stops a diverged run
 
 
 def forward_loss(model, loss_fn, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
@@ -55,7 +57,13 @@ def forward_loss(model, loss_fn, images: torch.Tensor, texts: torch.Tensor) -> t
 
 
 def train_step(
-    model, micro: list[tuple[torch.Tensor, torch.Tensor]], loss_fn, stepper: Stepper, *, placement: Placement
+    model,
+    micro: list[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn,
+    stepper: Stepper,
+    *,
+    placement: Placement,
+    guard: DivergenceGuard | None = None,
 ) -> torch.Tensor:
     """One optimizer step on the batches of `micro` (one, or --accum-freq of them); returns the loss, detached."""
     if len(micro) == 1:
@@ -65,7 +73,10 @@ def train_step(
         loss = loss.detach()
     else:
         loss = accumulated_backward(model, micro, loss_fn, autocast=placement.autocast, backward=stepper.backward)
-    stepper.step()
+    if guard is None:
+        stepper.step()
+    else:
+        guard.step(stepper, loss)  # skips and counts a non-finite step
     with torch.no_grad():
         unwrap(model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
     return loss
@@ -128,13 +139,16 @@ def train_one_epoch(
         state.epoch_step = index + 1
         if len(micro) == ctx.accum_freq:
             lr = scheduler(state.step)
-            window.add(train_step(model, micro, loss_fn, stepper, placement=ctx.placement), len(micro))
+            window.add(train_step(model, micro, loss_fn, stepper, placement=ctx.placement, guard=ctx.guard), len(micro))
             micro, state.step = [], state.step + 1
-            if state.step % ctx.log_every == 0 or state.epoch_step == data.num_batches:
+            logging_step = state.step % ctx.log_every == 0 or state.epoch_step == data.num_batches
+            if logging_step:
                 metrics = _metrics(model, window, lr=lr, batch_size=len(images), data=data, ctx=ctx)
+                metrics |= ctx.guard.read(step=state.step) if ctx.guard is not None else {}
                 ctx.logger.log("train", metrics, step=state.step, epoch=state.epoch)
                 state.history.append({"step": state.step, "epoch": state.epoch, **metrics})
                 window = _Window()
-            if on_step is not None:
+            may_save = ctx.guard is None or ctx.guard.check(step=state.step, read=logging_step)
+            if on_step is not None and may_save:  # on_step saves: never a diverged state, never after a skipped step
                 on_step(state)
         tick = time.perf_counter()
