@@ -174,9 +174,14 @@ class OptimConfig:
         1.0, "layer-wise lr decay in (0, 1] for the text tower (embeddings count as the lowest block)"
     )
     beta1: float | None = flag(None, "Adam beta1 (default 0.9)")
-    beta2: float | None = flag(None, "Adam beta2 (default 0.98 for a ViT image tower, 0.999 otherwise)")
-    eps: float | None = flag(None, "Adam epsilon (default 1e-6 for a ViT image tower, 1e-8 otherwise)")
-    wd: float = flag(0.2, "weight decay (not applied to gains, biases, embeddings and the logit scale)")
+    beta2: float | None = flag(None, "Adam beta2 (default 0.98 if the model name has 'vit', as open_clip, else 0.999)")
+    eps: float | None = flag(None, "Adam epsilon (default 1e-6 if the model name has 'vit', as open_clip, else 1e-8)")
+    wd: float = flag(
+        0.2, "weight decay (as open_clip: not on parameters under 2-d, nor on names with bn, ln, bias, logit_scale)"
+    )
+    no_decay_embeddings: bool = flag(
+        False, "no weight decay on embedding tables and positional/class embeddings either (open_clip decays them)"
+    )
     grad_clip_norm: float | None = flag(None, "clip the global gradient norm to this value")
     accum_freq: int = flag(
         1, "contrastive gradient accumulation: update every N batches as one batch of N x --batch-size"

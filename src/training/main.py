@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ from .train import EpochContext, train_one_epoch
 from .wrap import wrap_for_training
 
 log = logging.getLogger(__name__)
+
+# open_clip_train's --siglip: the SigLIP paper's initial log temperature and bias, over the architecture's own
+SIGLIP_INIT = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ def build_model(cfg: TrainConfig, device: Device, world: World):
         image_resize_mode=m.image_resize_mode,
         aug_cfg=m.aug_cfg or None,
         cache_dir=m.cache_dir,
+        **(SIGLIP_INIT if cfg.loss.siglip else {}),
     )
     if lock.lock_image:
         model.visual.lock(lock.lock_image_unlocked_groups, freeze_norm_stats=lock.lock_image_freeze_bn_stats)
@@ -172,7 +177,7 @@ def build_evaluator(
 
 def build_optimization(model, cfg: TrainConfig, run: Run, *, steps_per_epoch: int) -> tuple[Stepper, Scheduler]:
     """The Stepper (AdamW, grad scaler, clipping) and the learning-rate schedule."""
-    optimizer = create_optimizer(model, cfg.optim, device=run.device)
+    optimizer = create_optimizer(model, cfg.optim, device=run.device, model_name=cfg.model.model)
     stepper = Stepper(
         optimizer, device=run.device, precision=run.placement.precision, grad_clip_norm=cfg.optim.grad_clip_norm
     )

@@ -1,5 +1,7 @@
-"""AdamW with open_clip's defaults, no weight decay on gains, biases, embeddings and the logit scale, and learning
-rates per tower (--lr-image, --lr-text) with optional layer-wise decay (--layer-decay-image, --layer-decay-text)."""
+"""AdamW as open_clip_train builds it: its defaults, its weight-decay groups (no decay on parameters under 2-d and on
+names with "bn", "ln", "bias" or "logit_scale"), plus learning rates per tower (--lr-image, --lr-text), optional
+layer-wise decay (--layer-decay-image, --layer-decay-text) and, opt-in, no decay on embeddings
+(--no-decay-embeddings)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,11 @@ from open_mclip.config import ModelConfig, TimmConfig, ViTConfig
 from .config import OptimConfig
 from .devices import Device
 
+# open_mclip's own architectures (model_configs/mclip-*.json): their names do not say the tower type
+OWN_ARCHITECTURE_PREFIX = "mclip-"
+# open_clip_train's main.py: substrings of a parameter name that exclude it from weight decay
+NO_DECAY_SUBSTRINGS = ("bn", "ln", "bias", "logit_scale")
+
 
 def has_vit_image_tower(cfg: ModelConfig) -> bool:
     """Whether the architecture's image tower is a vision transformer, by its declared type: ours ("vit"), or a
@@ -19,22 +26,35 @@ def has_vit_image_tower(cfg: ModelConfig) -> bool:
     return isinstance(vision, ViTConfig) or (isinstance(vision, TimmConfig) and vision.model_name.startswith("vit_"))
 
 
+def uses_vit_defaults(model_name: str, cfg: ModelConfig) -> bool:
+    """open_clip's rule, "vit" anywhere in the model name (so open_clip's nllb-clip-*, PE-Core-* and MobileCLIP-B
+    get the ResNet numbers there and here); open_mclip's own mclip-* architectures go by their declared tower."""
+    if model_name.startswith(OWN_ARCHITECTURE_PREFIX):
+        return has_vit_image_tower(cfg)
+    return "vit" in model_name.lower()
+
+
 def adam_defaults(*, vit: bool) -> dict[str, float]:
     """open_clip's AdamW defaults, the CLIP paper's: beta2 0.98 and eps 1e-6 for ViT image towers, else 0.999
-    and 1e-8. (open_clip looks for "vit" in the model name instead, so its nllb-clip-* get the ResNet numbers.)"""
+    and 1e-8 (see `uses_vit_defaults` for which architectures count as ViT)."""
     if vit:
         return {"lr": 5.0e-4, "beta1": 0.9, "beta2": 0.98, "eps": 1.0e-6}
     return {"lr": 5.0e-4, "beta1": 0.9, "beta2": 0.999, "eps": 1.0e-8}
 
 
-def no_decay_names(model: nn.Module) -> set[str]:
-    """1-d parameters (gains, biases, scales), embedding tables, and what the towers declare."""
-    names = {n for n, p in model.named_parameters() if p.ndim < 2}
-    for module_name, module in model.named_modules():
-        if isinstance(module, nn.Embedding):
-            names.add(f"{module_name}.weight")
+def embedding_names(model: nn.Module) -> set[str]:
+    """Embedding tables (every nn.Embedding) and what the towers declare: positional and class embeddings."""
+    names = {f"{module_name}.weight" for module_name, module in model.named_modules() if isinstance(module, nn.Embedding)}
     declared = getattr(model, "no_weight_decay", None)
     return names | (set(declared()) if declared else set())
+
+
+def no_decay_names(model: nn.Module, *, embeddings: bool = False) -> set[str]:
+    """The parameters open_clip_train does not decay: under 2-d (gains, biases, scales) or named with "bn", "ln",
+    "bias" or "logit_scale". Our names are open_clip's (CustomTextCLIP layout; its CLIP layout only drops "text."),
+    so the name test picks the same parameters. `embeddings` adds `embedding_names` (--no-decay-embeddings)."""
+    names = {n for n, p in model.named_parameters() if p.ndim < 2 or any(s in n for s in NO_DECAY_SUBSTRINGS)}
+    return names | (embedding_names(model) if embeddings else set())
 
 
 def layer_scales(tower: nn.Module, decay: float) -> dict[int, float]:
@@ -68,14 +88,19 @@ def tower_lrs(model: nn.Module, cfg: OptimConfig, *, lr: float) -> dict[int, flo
 
 
 def param_groups(
-    model: nn.Module, *, weight_decay: float, lr: float = 0.0, lrs: dict[int, float] | None = None
+    model: nn.Module,
+    *,
+    weight_decay: float,
+    lr: float = 0.0,
+    lrs: dict[int, float] | None = None,
+    no_decay_embeddings: bool = False,
 ) -> list[dict]:
-    """One group per (peak lr, weight decay): matrices are decayed, the rest not; frozen parameters are left out.
+    """One group per (peak lr, weight decay), decay as `no_decay_names` says; frozen parameters are left out.
 
     `lrs` maps id(parameter) to its peak lr (default `lr` for all, giving the two groups open_clip has). Each group
     carries `base_lr`, the peak the scheduler scales.
     """
-    skip, lrs = no_decay_names(model), lrs or {}
+    skip, lrs = no_decay_names(model, embeddings=no_decay_embeddings), lrs or {}
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -85,11 +110,18 @@ def param_groups(
     return [{"params": groups[k], "weight_decay": k[0], "lr": k[1], "base_lr": k[1]} for k in keys]
 
 
-def create_optimizer(model: nn.Module, cfg: OptimConfig, *, device: Device) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters of `model` (the bare CLIP module), in `param_groups`' groups."""
+def create_optimizer(
+    model: nn.Module, cfg: OptimConfig, *, device: Device, model_name: str
+) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters of `model` (the bare CLIP module built from --model `model_name`), in
+    `param_groups`' groups; unset --lr, --beta1, --beta2 and --eps take `adam_defaults`."""
     if cfg.opt != "adamw":
         raise ValueError(f"--opt {cfg.opt} is not supported; use adamw")
     given = {"lr": cfg.lr, "beta1": cfg.beta1, "beta2": cfg.beta2, "eps": cfg.eps}
-    hp = {**adam_defaults(vit=has_vit_image_tower(model.cfg)), **{k: v for k, v in given.items() if v is not None}}
-    groups = param_groups(model, weight_decay=cfg.wd, lr=hp["lr"], lrs=tower_lrs(model, cfg, lr=hp["lr"]))
+    defaults = adam_defaults(vit=uses_vit_defaults(model_name, model.cfg))
+    hp = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    lrs = tower_lrs(model, cfg, lr=hp["lr"])
+    groups = param_groups(
+        model, weight_decay=cfg.wd, lr=hp["lr"], lrs=lrs, no_decay_embeddings=cfg.no_decay_embeddings
+    )
     return device.optimizer(groups, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"])
