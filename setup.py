@@ -10,12 +10,17 @@ HERE = Path(__file__).parent
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "src/open_mclip/version.py").read_text(), re.M).group(1)
 
 EXTRAS = {
-    "training": ["webdataset>=0.2.86", "braceexpand", "pandas", "tensorboard", "matplotlib"],
+    "training": ["webdataset>=0.2.86", "braceexpand", "pandas", "tensorboard", "matplotlib", "fsspec"],
     "hf": ["transformers>=4.40", "tokenizers", "sentencepiece", "protobuf"],
     "timm": ["timm>=1.0"],
+    "wandb": ["wandb"],  # --report-to wandb
+    "s3": ["s3fs"],  # --remote-sync s3://... (fsspec's s3 filesystem)
+    # open_mclip.search: Parquet metadata, the web page (FastAPI + uvicorn); faiss for the approximate index
+    "search": ["pyarrow", "fastapi", "uvicorn"],
+    "faiss": ["faiss-cpu"],
 }
 EXTRAS["test"] = sorted(
-    set(EXTRAS["training"] + EXTRAS["hf"] + EXTRAS["timm"])
+    set(EXTRAS["training"] + EXTRAS["hf"] + EXTRAS["timm"] + EXTRAS["wandb"] + EXTRAS["search"] + EXTRAS["faiss"])
     | {
         "pytest>=8",
         "pytest-xdist",
@@ -26,6 +31,7 @@ EXTRAS["test"] = sorted(
         "matplotlib",
         "ruff",
         "requests",  # CLIP_benchmark imports it (tests/test_as_open_clip.py runs its command line)
+        "selenium",  # drives headless Chromium in the search page test (tests/test_search_e2e.py)
     }
 )
 
@@ -47,9 +53,10 @@ setup(
             "pretrained.json",
             "zero_shot_data/*.json",
             "zero_shot_data/SOURCES.md",
+            "search/static/*.html",
         ],
         "training": ["demo_data/*.json"],
-    },  # fmt: skip
+    },
     include_package_data=True,
     install_requires=["torch>=2.1", "numpy", "Pillow", "ftfy", "regex", "huggingface_hub", "safetensors", "tqdm"],
     extras_require=EXTRAS,

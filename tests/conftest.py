@@ -38,6 +38,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: bitwise comparisons between runs need the same thread count in each, and
+    runs with loader workers go several times faster on 2 shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def free_port() -> Callable[[], int]:
     """`free_port()` is a TCP port on 127.0.0.1 free right now, for a torchrun rendezvous (--master_port)."""

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .constants import DEFAULT_CONTEXT_LENGTH, INIT_LOGIT_SCALE
+from .constants import DEFAULT_CONTEXT_LENGTH, HF_POOLER_ALIASES, INIT_LOGIT_SCALE
 
 ACTIVATIONS = ("gelu", "quick_gelu")
 
@@ -173,13 +173,6 @@ class TextTransformerConfig(TowerConfig):
             raise ValueError(f"{source}: text width {self.width} is not a multiple of heads {self.heads}")
 
 
-# open_clip's pooler names -> ours
-HF_POOLER_ALIASES = {
-    "mean_pooler": "mean",
-    "max_pooler": "max",
-    "cls_pooler": "cls",
-    "cls_last_hidden_state_pooler": "cls_last_hidden_state",
-}
 HF_POOLERS = ("mean", "max", "cls", "cls_last_hidden_state", "pooler_output")
 HF_PROJECTIONS = ("none", "linear", "mlp", "residual_mlp")
 

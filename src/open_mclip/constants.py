@@ -23,3 +23,11 @@ LOCAL_DIR_PREFIX = "local-dir:"
 
 DEFAULT_CONTEXT_LENGTH = 77  # every OpenAI CLIP text tower was trained with 77 positions
 INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature, as a log scale
+
+# open_clip's pooler names -> ours
+HF_POOLER_ALIASES = {
+    "mean_pooler": "mean",
+    "max_pooler": "max",
+    "cls_pooler": "cls",
+    "cls_last_hidden_state_pooler": "cls_last_hidden_state",
+}

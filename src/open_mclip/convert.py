@@ -113,7 +113,8 @@ def _fit_to_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -
         if key in state_dict and key in own and state_dict[key].numel() == own[key].numel() == 1:
             state_dict[key] = state_dict[key].reshape(own[key].shape)
     if "logit_bias" in own and "logit_bias" not in state_dict and "logit_scale" in state_dict:
-        state_dict["logit_bias"] = torch.zeros_like(own["logit_bias"])  # CLIP weights into a SigLIP-style model
+        # CLIP weights into a SigLIP-style model; from the checkpoint's tensor, as the model's may be on the meta device
+        state_dict["logit_bias"] = torch.zeros_like(state_dict["logit_scale"]).reshape(own["logit_bias"].shape)
     resize_position_embedding(state_dict, model)
     return state_dict
 

@@ -396,6 +396,10 @@ def create_model_from_pretrained(
     return model, image_transform(model.preprocess_cfg, is_train=False)
 
 
+# any of these in a local-dir: folder makes it the Hugging Face tokenizer's source (transformers' file names)
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model")
+
+
 def get_tokenizer(
     model_name: str = "",
     context_length: int | None = None,
@@ -407,7 +411,8 @@ def get_tokenizer(
     No name gives CLIP's BPE tokenizer, as open_clip. `kwargs` override the config's `tokenizer_kwargs`; e.g. a
     Hugging Face tokenizer read offline from a lone file:
     `get_tokenizer("mclip-tiny-xlmr", tokenizer_file="/path/tokenizer.json")`. For a `local-dir:` model with a
-    Hugging Face tokenizer, the tokenizer files are read from that folder, as open_clip does.
+    Hugging Face tokenizer, the tokenizer files are read from that folder, as open_clip does; a folder without
+    tokenizer files (a config and weights only) uses the tokenizer its config names, where open_clip fails.
     """
     if not model_name:
         return ClipTokenizer(context_length=context_length or DEFAULT_CONTEXT_LENGTH, **kwargs)
@@ -417,8 +422,9 @@ def get_tokenizer(
     kwargs = {**(getattr(cfg, "tokenizer_kwargs", {}) or {}), **kwargs}
     if name == "clip":
         return ClipTokenizer(context_length=context_length, **kwargs)
-    if model_name.startswith(LOCAL_DIR_PREFIX):
-        name = model_name[len(LOCAL_DIR_PREFIX) :]
+    folder = Path(model_name[len(LOCAL_DIR_PREFIX) :]) if model_name.startswith(LOCAL_DIR_PREFIX) else None
+    if folder is not None and any((folder / file).is_file() for file in _HF_TOKENIZER_FILES):
+        name = str(folder)
     return HFTokenizer(name, context_length=context_length, cache_dir=cache_dir, **kwargs)
 
 

@@ -6,14 +6,20 @@ RGBA and LA premultiplied and P and 1 images nearest-neighbour; ``convert("RGB")
 open_clip mangles change first: 16-bit and float greyscale (which ``convert`` clips to white) are rescaled to 8
 bits, PA (whose palette indices Pillow would interpolate) becomes RGBA. ``to_rgb`` is the alternative conversion
 before resizing: transparency composited over a background, every mode resampled in RGB.
+
+Inputs are bounded before any resize (``ImageBounds``): a tiny file can hold a 1 x 20000 image whose short side the
+eval resize scales to 224, about 4 GB of pixels. ``load_image`` checks the size in the file header before decoding,
+``PrepareMode`` (every transform's first step) before any geometric step.
 """
 
 from __future__ import annotations
 
+import copy
 import numbers
 import os
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,14 +35,64 @@ WHITE = (255, 255, 255)
 RGB_CONVERSIONS = ("after_resize", "before_resize")
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image file, so that a broken file fails here and names itself."""
+class ImageTooLargeError(ValueError):
+    """An image beyond an ``ImageBounds`` limit; ``limit`` says which: "max_pixels" or "max_aspect_ratio"."""
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class ImageBounds:
+    """The largest input accepted: ``max_pixels`` (width x height; Pillow's own warning threshold by default) and
+    ``max_aspect_ratio`` (long side / short side), which bounds what a resize of the short side costs."""
+
+    max_pixels: int = 89_478_485
+    max_aspect_ratio: float = 100.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_pixels, int) or isinstance(self.max_pixels, bool) or self.max_pixels < 1:
+            raise ValueError(f"max_pixels={self.max_pixels!r} is invalid; use an int >= 1")
+        ratio = self.max_aspect_ratio
+        if not isinstance(ratio, numbers.Real) or isinstance(ratio, bool) or not 1.0 <= ratio < float("inf"):
+            raise ValueError(f"max_aspect_ratio={ratio!r} is invalid; use a finite number >= 1")
+
+    def check(self, size: tuple[int, int], *, name: str = "image") -> None:
+        """Raise ``ImageTooLargeError`` naming ``name`` if a (width, height) ``size`` is beyond a bound."""
+        width, height = size
+        if width * height > self.max_pixels:
+            raise ImageTooLargeError(
+                f"{name} is {width}x{height} = {width * height} pixels, over max_pixels={self.max_pixels}; "
+                "skip it, shrink it, or raise the bound",
+                limit="max_pixels",
+            )
+        if max(width, height) > self.max_aspect_ratio * max(min(width, height), 1):
+            raise ImageTooLargeError(
+                f"{name} is {width}x{height}, an aspect ratio over max_aspect_ratio={self.max_aspect_ratio:g}; "
+                "resizing its short side would cost memory out of all proportion: skip it, crop it, or raise the bound",
+                limit="max_aspect_ratio",
+            )
+
+
+DEFAULT_BOUNDS = ImageBounds()
+
+
+def load_image(path: str | os.PathLike, *, bounds: ImageBounds | None = DEFAULT_BOUNDS) -> Image.Image:
+    """Open and fully decode an image file, so that a broken file fails here and names itself.
+
+    An image beyond ``bounds`` (None: no bound) raises ``ImageTooLargeError`` from its header, before decoding.
+    """
     try:
         with Image.open(path) as image:
+            if bounds is not None:
+                bounds.check(image.size, name=f"image {os.fspath(path)}")
             image.load()
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise  # a missing or unreadable path is not a decoding problem
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except (FileNotFoundError, IsADirectoryError, PermissionError, ImageTooLargeError):
+        raise  # a missing or unreadable path, or a size refused, is not a decoding problem
+    except Image.DecompressionBombError as err:  # Pillow's own limit, at twice Image.MAX_IMAGE_PIXELS
+        raise ImageTooLargeError(f"image {os.fspath(path)}: {err}", limit="max_pixels") from err
+    except (OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"cannot decode image {os.fspath(path)}: {err}") from err
     return image
 
@@ -121,18 +177,28 @@ _SOURCE_MODES = {"PA": "RGBA", "La": "LA"}
 
 
 class PrepareMode:
-    """Step before any resizing: the mode changes that must happen in the source image.
+    """Step before any resizing: the size check and the mode changes that must happen in the source image.
 
+    An image beyond ``bounds`` raises ``ImageTooLargeError`` (a lazily opened one before its pixels are decoded).
     16-bit and float greyscale are rescaled to 8-bit L, PA becomes RGBA and La becomes LA (see ``_SOURCE_MODES``);
     every other mode is left to resize as it is, as open_clip does. With ``rgb_first`` every image is converted
     here instead (``to_rgb``: transparency flattened onto ``background``).
     """
 
-    def __init__(self, *, rgb_first: bool = False, background: tuple[int, int, int] = WHITE) -> None:
+    def __init__(
+        self,
+        *,
+        rgb_first: bool = False,
+        background: tuple[int, int, int] = WHITE,
+        bounds: ImageBounds | None = DEFAULT_BOUNDS,
+    ) -> None:
         self.rgb_first = rgb_first
         self.background = background
+        self.bounds = bounds
 
     def __call__(self, image: Image.Image) -> Image.Image:
+        if self.bounds is not None:
+            self.bounds.check(image.size)
         if self.rgb_first:
             return to_rgb(image, background=self.background)
         if is_high_depth(image.mode):
@@ -142,7 +208,28 @@ class PrepareMode:
         return image
 
     def __repr__(self) -> str:
-        return f"PrepareMode(rgb_first={self.rgb_first}, background={self.background})"
+        return f"PrepareMode(rgb_first={self.rgb_first}, background={self.background}, bounds={self.bounds})"
+
+
+def with_image_bounds(transform: Any, bounds: ImageBounds | None) -> Any:
+    """A copy of ``transform`` whose size checks (its ``PrepareMode`` steps) use ``bounds`` (None: unbounded).
+
+    For transforms built by ``image_transform``; anything without such steps is an error, since the bound would
+    silently not apply."""
+    steps = getattr(transform, "steps", None)
+    if not isinstance(steps, list) or not any(isinstance(step, PrepareMode) for step in steps):
+        raise TypeError(f"{type(transform).__name__} has no PrepareMode step to bound; build it with image_transform")
+    bounded = copy.copy(transform)
+    bounded.steps = [copy.copy(step) if isinstance(step, PrepareMode) else step for step in steps]
+    for step in bounded.steps:
+        if isinstance(step, PrepareMode):
+            step.bounds = bounds
+    return bounded
+
+
+def image_bounds_of(transform: Any) -> ImageBounds | None:
+    """The bounds a transform's first size check applies (None: unbounded or no such step)."""
+    return next((s.bounds for s in getattr(transform, "steps", []) if isinstance(s, PrepareMode)), None)
 
 
 class ConvertToRGB:

@@ -9,10 +9,12 @@ explicit ``type``. Features we do not implement fail with the file and key named
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import HF_POOLER_ALIASES, HFTextConfig, ModelConfig, ModifiedResNetConfig, TimmConfig, TowerConfig
-from .constants import INIT_LOGIT_SCALE
+from .constants import HF_POOLER_ALIASES, INIT_LOGIT_SCALE
+
+if TYPE_CHECKING:  # config.py reads open_clip's schema through this module: the way back tells towers apart by `type`
+    from .config import HFTextConfig, ModelConfig, TowerConfig
 
 # open_clip keys that are accepted only while they hold their "feature off" value
 _OFF_VALUES: dict[str, tuple] = {
@@ -224,9 +226,9 @@ def _vision_to_open_clip(vision: TowerConfig) -> dict[str, Any]:
     fields = vision.to_dict()
     fields.pop("type")
     fields.pop("act", None)  # the model-level quick_gelu flag
-    if isinstance(vision, TimmConfig):
+    if vision.type == "timm":
         return {_TIMM_FIELDS[key]: value for key, value in fields.items()}
-    if isinstance(vision, ModifiedResNetConfig):
+    if vision.type == "modified_resnet":
         return {**fields, "patch_size": None}  # open_clip's names already; its JSON files say patch_size null
     _move_norm_eps(fields)  # ViT
     return fields
@@ -295,7 +297,7 @@ def to_open_clip_config(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.open_clip_custom_text:
         out["custom_text"] = True
     out["vision_cfg"] = _vision_to_open_clip(cfg.vision)
-    if isinstance(cfg.text, HFTextConfig):
+    if cfg.text.type == "hf":
         out["text_cfg"] = _hf_text_to_open_clip(cfg.text)
     else:
         out["text_cfg"] = _transformer_text_to_open_clip(cfg.text.to_dict())

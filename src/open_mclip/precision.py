@@ -26,7 +26,7 @@ class Precision:
     weight_dtype: torch.dtype  # dtype of the matrix weights (convolutions, linear layers, projections)
     cast_all: bool  # every weight in weight_dtype (pure_*), not only the matrix weights
     input_dtype: torch.dtype  # dtype images are fed in
-    needs_scaler: bool  # fp16 gradients underflow without loss scaling
+    needs_scaler: bool  # float16 autocast gradients underflow without loss scaling (only `amp`, as open_clip)
 
     @classmethod
     def parse(cls, name: str) -> Precision:
@@ -58,15 +58,16 @@ class Precision:
 
 
 _F32, _F16, _BF16 = torch.float32, torch.float16, torch.bfloat16
-# name: (autocast dtype, weight dtype, cast all, input dtype, needs scaler)
+# name: (autocast dtype, weight dtype, cast all, input dtype, needs scaler). open_clip scales the loss for "amp"
+# alone: a GradScaler cannot unscale the float16 gradients of float16 weights (fp16, pure_fp16)
 _MODES = {
     "fp32": (None, _F32, False, _F32, False),
     "amp": (_F16, _F32, False, _F32, True),
     "amp_bf16": (_BF16, _F32, False, _F32, False),
     "bf16": (None, _BF16, False, _BF16, False),
-    "fp16": (None, _F16, False, _F16, True),
+    "fp16": (None, _F16, False, _F16, False),
     "pure_bf16": (None, _BF16, True, _BF16, False),
-    "pure_fp16": (None, _F16, True, _F16, True),
+    "pure_fp16": (None, _F16, True, _F16, False),
 }
 PRECISION_CHOICES = (*_MODES, *ALIASES)
 

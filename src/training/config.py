@@ -9,28 +9,110 @@ every component that reads it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from open_mclip.constants import HF_HUB_PREFIX, LOCAL_DIR_PREFIX
-from open_mclip.image_ops import INTERPOLATIONS
+from open_mclip.image_ops import INTERPOLATIONS, ImageBounds
 from open_mclip.loss import SIGLIP_DIST_IMPLS
 from open_mclip.precision import PRECISION_CHOICES
-from open_mclip.transform import RESIZE_MODES
+from open_mclip.transform import RESIZE_MODES, image_transform
 
 DATASET_TYPES = ("auto", "webdataset", "csv", "synthetic")
+MAX_DECODABLE_PIXELS = 2 * 89_478_485  # Pillow raises DecompressionBombError beyond twice its MAX_IMAGE_PIXELS
 LR_SCHEDULERS = ("cosine", "const", "const-cooldown")
 OPTIMIZERS = ("adamw",)
+TIMM_OPTIMIZERS = (
+    "timm's optimizers are not available here: the trainer builds AdamW's parameter groups itself (per-tower "
+    "learning rates, layer-wise decay, no decay on gains and embeddings); use --opt adamw"
+)
+IMAGE_INTERPOLATIONS = (*INTERPOLATIONS, "random")  # open_clip's "random" resizes bicubic without timm, as here
+REPORT_SINKS = ("tensorboard", "wandb")  # --report-to: a comma-separated list of these, or "all"
+REMOTE_SYNC_PROTOCOLS = ("s3", "fsspec")  # s3: fsspec's s3 filesystem (s3fs) on an s3:// URL
 
 
-def flag(default: Any = None, help: str = "", *, factory=None, choices=None, nargs: str | None = None):
-    """A config field that is also a command-line flag: `help`, `choices` and `nargs` travel in its metadata."""
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric flag: an interval, each end open or closed or absent (NaN and infinities are
+    never valid). `params.py` checks every numeric flag against its range before anything is built."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def __contains__(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        kind = "an int" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{kind} in {left}{_num(self.low)}, {_num(self.high)}{right}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {_num(self.low)}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.high_open else '<='} {_num(self.high)}"
+        return f"{kind} (finite)"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def count(minimum: int) -> Range:
+    """An int of at least `minimum`."""
+    return Range(low=minimum, integer=True)
+
+
+POSITIVE = Range(low=0, low_open=True)
+NON_NEGATIVE = Range(low=0)
+ANY_FINITE = Range()
+
+
+def flag(
+    default: Any = None,
+    help: str = "",
+    *,
+    factory=None,
+    choices=None,
+    nargs: str | None = None,
+    valid: Range | None = None,
+):
+    """A config field that is also a command-line flag: `help`, `choices`, `nargs` and, for a numeric flag, its
+    `valid` range travel in its metadata."""
     if not help:
         raise ValueError("every flag needs a help text")
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "nargs": nargs}
+    choices = tuple(choices) if choices is not None else None
+    metadata = {"help": help, "choices": choices, "nargs": nargs, "valid": valid}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def option(name: str) -> str:
+    """The command-line spelling of config field `name`: `batch_size` -> `--batch-size`."""
+    return "--" + name.replace("_", "-")
+
+
+def check_ranges(group: object) -> None:
+    """Every numeric field of a config group inside its flag's `valid` range (each item of a list flag; None, the
+    "not given" of optional flags, passes); the error names the flag, the value and the range."""
+    for f in dataclasses.fields(group):
+        valid, value = f.metadata.get("valid"), getattr(group, f.name)
+        if valid is None or value is None:
+            continue
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if item not in valid:
+                raise ValueError(f"{option(f.name)} {item!r} is invalid ({f.name}={value!r}): use {valid}")
 
 
 @dataclass
@@ -47,10 +129,12 @@ class DataConfig:
         None, "sampling weight per '::' source of --train-data, e.g. '1::2' (needs --dataset-resampled)"
     )
     train_num_samples: int | None = flag(
-        None, "samples per (virtual) epoch over all ranks; required for shards without sizes.json and for resampling"
+        None,
+        "samples per (virtual) epoch over all ranks; required for shards without sizes.json and for resampling",
+        valid=count(1),
     )
     val_num_samples: int | None = flag(
-        None, "validation samples (shards of unknown size: sizes the batch count; synthetic: how many)"
+        None, "validation samples (shards of unknown size: sizes the batch count; synthetic: how many)", valid=count(1)
     )
     dataset_type: str = flag("auto", "auto picks from the extension (.csv/.tsv or .tar)", choices=DATASET_TYPES)
     dataset_resampled: bool = flag(
@@ -64,24 +148,46 @@ class DataConfig:
         "CSV column, or field of each shard sample's .json, tagging a validation caption's language "
         "(e.g. 'en'): recall is then also reported per language; untagged captions count in the overall figures only",
     )
-    batch_size: int = flag(64, "batch size per process")
-    workers: int = flag(4, "data loader worker processes per process (0: load in the main process)")
-    seed: int = flag(0, "random seed: weights, shard order, shuffling, resampling, augmentation (with epoch and rank)")
+    batch_size: int = flag(64, "batch size per process", valid=count(1))
+    workers: int = flag(4, "data loader worker processes per process (0: load in the main process)", valid=count(0))
+    seed: int = flag(
+        0,
+        "random seed: weights, shard order, shuffling, resampling, augmentation (with epoch and rank)",
+        valid=count(0),
+    )
     drop_last: bool = flag(True, "training: drop a last partial batch (static shapes, e.g. for HPU graphs)")
-    shuffle_buffer: int = flag(5000, "shards: samples each worker holds for shuffling while training (1: no shuffle)")
+    shuffle_buffer: int = flag(
+        5000, "shards: samples each worker holds for shuffling while training (1: no shuffle)", valid=count(1)
+    )
     pin_memory: bool = flag(False, "pin batches in page-locked memory (only useful with an accelerator)")
-    synthetic_image_size: int = flag(224, "side in pixels of the random images of --dataset-type synthetic")
+    synthetic_image_size: int = flag(
+        224, "side in pixels of the random images of --dataset-type synthetic", valid=count(1)
+    )
+    max_image_pixels: int = flag(
+        ImageBounds.max_pixels,
+        "skip (and count) images of more pixels than this, in training, validation and zero-shot, before decoding",
+        valid=count(1),
+    )
+    max_image_aspect_ratio: float = flag(
+        ImageBounds.max_aspect_ratio,
+        "skip (and count) images whose long side exceeds this many times the short one (resizing the short side "
+        "of a 1x4000 image to 224 px costs 800 MB)",
+        valid=Range(low=1),
+    )
+
+    @property
+    def image_bounds(self) -> ImageBounds:
+        return ImageBounds(self.max_image_pixels, self.max_image_aspect_ratio)
 
     def __post_init__(self) -> None:
         if self.dataset_type not in DATASET_TYPES:
             raise ValueError(f"dataset_type={self.dataset_type!r} is unknown; use one of {', '.join(DATASET_TYPES)}")
-        for name in ("batch_size", "shuffle_buffer", "synthetic_image_size"):
-            check_int(name, getattr(self, name), minimum=1)
-        check_int("workers", self.workers, minimum=0)
-        check_int("seed", self.seed, minimum=0)
-        for name in ("train_num_samples", "val_num_samples"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), minimum=0)
+        check_ranges(self)
+        if self.max_image_pixels > MAX_DECODABLE_PIXELS:
+            raise ValueError(
+                f"--max-image-pixels {self.max_image_pixels} is invalid: Pillow refuses images over "
+                f"{MAX_DECODABLE_PIXELS} pixels itself (DecompressionBombError); use at most that"
+            )
         if not self.csv_separator:
             raise ValueError("csv_separator is empty; use e.g. '\\t' for TSV or ',' for CSV")
         if not isinstance(self.val_lang_key, str) or not self.val_lang_key.strip():
@@ -105,16 +211,32 @@ class ModelConfig:
         "RN50", f"architecture name (see open_mclip.list_models()), {HF_HUB_PREFIX}org/repo or {LOCAL_DIR_PREFIX}PATH"
     )
     pretrained: str = flag("", "pretrained tag (see open_mclip.list_pretrained()) or checkpoint file to start from")
+    pretrained_image: bool = flag(
+        False, "a timm image tower starts from timm's pretrained (ImageNet) weights, when no --pretrained is given"
+    )
     cache_dir: str | None = flag(None, "where downloaded weights and tokenizers are cached (default: the hub's)")
     force_quick_gelu: bool = flag(False, "use QuickGELU activations (as OpenAI's CLIP weights were trained)")
-    force_patch_dropout: float | None = flag(None, "override the model's patch dropout rate (0 disables it)")
-    force_image_size: int | tuple[int, int] | None = flag(
-        None, "override the image size: one side, or height width (positions are resized)", nargs="+"
+    force_custom_text: bool = flag(
+        False, "open_clip's CustomTextCLIP layout: accepted, one model class serves both of open_clip's layouts"
     )
-    force_context_length: int | None = flag(None, "override the text context length in tokens")
-    image_mean: tuple[float, ...] | None = flag(None, "override the normalisation mean per channel", nargs="+")
-    image_std: tuple[float, ...] | None = flag(None, "override the normalisation std per channel", nargs="+")
-    image_interpolation: str | None = flag(None, "override the resize interpolation", choices=INTERPOLATIONS)
+    force_patch_dropout: float | None = flag(
+        None, "override the model's patch dropout rate (0 disables it)", valid=Range(0, 1, high_open=True)
+    )
+    force_image_size: int | tuple[int, int] | None = flag(
+        None, "override the image size: one side, or height width (positions are resized)", nargs="+", valid=count(1)
+    )
+    force_context_length: int | None = flag(None, "override the text context length in tokens", valid=count(1))
+    image_mean: tuple[float, ...] | None = flag(
+        None, "override the normalisation mean per channel", nargs="+", valid=ANY_FINITE
+    )
+    image_std: tuple[float, ...] | None = flag(
+        None, "override the normalisation std per channel", nargs="+", valid=POSITIVE
+    )
+    image_interpolation: str | None = flag(
+        None,
+        "override the resize interpolation ('random': bicubic, as open_clip without timm)",
+        choices=IMAGE_INTERPOLATIONS,
+    )
     image_resize_mode: str | None = flag(None, "override the eval resize (and crop) mode", choices=RESIZE_MODES)
     aug_cfg: dict = flag(
         help="train augmentation settings as key=value pairs read as Python literals, e.g. scale='(0.8, 1.0)' "
@@ -124,30 +246,73 @@ class ModelConfig:
     grad_checkpointing: bool = flag(False, "recompute activations in the backward pass (less memory, more compute)")
     torchcompile: bool = flag(False, "torch.compile the model for training")
 
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        size = self.force_image_size
+        if isinstance(size, (tuple, list)) and len(size) not in (1, 2):
+            raise ValueError(f"--force-image-size {' '.join(map(str, size))}: give one side, or height and width")
+        for name in ("image_mean", "image_std"):
+            values = getattr(self, name)
+            if values is not None and len(values) not in (1, 3):
+                raise ValueError(f"{option(name)} {' '.join(map(str, values))}: give one value, or one per RGB channel")
+        if self.aug_cfg:  # the library's own checks, on a transform built for nothing (no image is read)
+            try:
+                image_transform(32, is_train=True, aug_cfg=self.aug_cfg)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"--aug-cfg {self.aug_cfg}: {err}") from err
+
 
 @dataclass
 class LockConfig:
-    """LiT locking: freeze towers but their top blocks (see open_mclip.towers.base.Tower.lock)."""
+    """LiT locking: freeze towers but their top groups, as open_clip counts them or by our uniform block rule."""
 
     lock_image: bool = flag(False, "freeze the image tower")
     lock_image_unlocked_groups: int = flag(
-        0, "keep the top N blocks of a locked image tower and its head trainable (N >= blocks: the embeddings too)"
+        0,
+        "open_clip's LiT groups left trainable at the top of a locked image tower (ViT: the projection is a group "
+        "of its own, the last block comes with ln_post; timm: timm's layer groups, the head never frozen; "
+        "ModifiedResNet: 0 only)",
+        valid=count(0),
+    )
+    lock_image_unlocked_blocks: int | None = flag(
+        None,
+        "instead of --lock-image-unlocked-groups: our uniform rule for every tower type, the top N blocks (layers, "
+        "ResNet stages, timm groups) and the head (final norm, pooling, projection) trainable; N >= blocks: all",
+        valid=count(0),
     )
     lock_image_freeze_bn_stats: bool = flag(False, "keep BatchNorm statistics of frozen image-tower layers fixed")
     lock_text: bool = flag(False, "freeze the text tower")
     lock_text_unlocked_layers: int = flag(
-        0, "keep the top N layers of a locked text tower and its head trainable (N >= layers: the embeddings too)"
+        0,
+        "open_clip's LiT groups left trainable at the top of a locked text tower (Transformer: the projection is a "
+        "group of its own, the last block comes with ln_final; Hugging Face: the top encoder layers)",
+        valid=count(0),
+    )
+    lock_text_unlocked_blocks: int | None = flag(
+        None,
+        "instead of --lock-text-unlocked-layers: our uniform rule, the top N layers and the head (final norm, "
+        "projection) of a locked text tower trainable; N >= layers: all",
+        valid=count(0),
     )
     lock_text_freeze_layer_norm: bool = flag(
-        False, "also freeze the LayerNorms of a locked Hugging Face text tower (LiT proper: only the head trains)"
+        False,
+        "also freeze the LayerNorms of a locked Hugging Face text tower (LiT proper: only the projection trains); "
+        "open_clip requires it for its own Transformer text towers, whose LayerNorms are locked like other weights",
     )
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
 class LossConfig:
     """Loss: CLIP's softmax or SigLIP's sigmoid, and how it spans the ranks."""
 
-    siglip: bool = flag(False, "the SigLIP sigmoid loss instead of CLIP's softmax loss")
+    siglip: bool = flag(
+        False,
+        "the SigLIP sigmoid loss instead of CLIP's softmax loss (a fresh model starts at logit scale ln 10 and "
+        "logit bias -10, as open_clip's trainer builds it)",
+    )
     local_loss: bool = flag(False, "each rank scores its own samples against all (N x N*W logits, not N*W x N*W)")
     gather_with_grad: bool = flag(False, "let gradients flow through the features gathered from other ranks")
     loss_dist_impl: str | None = flag(
@@ -159,46 +324,77 @@ class LossConfig:
 class OptimConfig:
     """Optimizer: AdamW, its learning rates per tower, weight decay, clipping and accumulation."""
 
-    opt: str = flag("adamw", "the optimizer", choices=OPTIMIZERS)
-    lr: float | None = flag(None, "peak learning rate (default 5e-4, the CLIP paper's)")
+    opt: str = flag("adamw", f"the optimizer: {', '.join(OPTIMIZERS)}")
+    lr: float | None = flag(None, "peak learning rate (default 5e-4, the CLIP paper's)", valid=NON_NEGATIVE)
     lr_image: float | None = flag(
-        None, "peak learning rate of the image tower (default --lr; LiT: a fresh image tower learns fast)"
+        None,
+        "peak learning rate of the image tower (default --lr; LiT: a fresh image tower learns fast)",
+        valid=NON_NEGATIVE,
     )
     lr_text: float | None = flag(
-        None, "peak learning rate of the text tower (default --lr; a pretrained text tower moves slowly)"
+        None,
+        "peak learning rate of the text tower (default --lr; a pretrained text tower moves slowly)",
+        valid=NON_NEGATIVE,
     )
     layer_decay_image: float = flag(
-        1.0, "layer-wise lr decay in (0, 1] for the image tower: block i from the top gets lr * decay**i"
+        1.0,
+        "layer-wise lr decay in (0, 1] for the image tower: block i from the top gets lr * decay**i",
+        valid=Range(0, 1, low_open=True),
     )
     layer_decay_text: float = flag(
-        1.0, "layer-wise lr decay in (0, 1] for the text tower (embeddings count as the lowest block)"
+        1.0,
+        "layer-wise lr decay in (0, 1] for the text tower (embeddings count as the lowest block)",
+        valid=Range(0, 1, low_open=True),
     )
-    beta1: float | None = flag(None, "Adam beta1 (default 0.9)")
-    beta2: float | None = flag(None, "Adam beta2 (default 0.98 if the model name has 'vit', as open_clip, else 0.999)")
-    eps: float | None = flag(None, "Adam epsilon (default 1e-6 if the model name has 'vit', as open_clip, else 1e-8)")
+    beta1: float | None = flag(None, "Adam beta1 (default 0.9)", valid=Range(0, 1, high_open=True))
+    beta2: float | None = flag(
+        None,
+        "Adam beta2 (default 0.98 if the model name has 'vit', as open_clip, else 0.999)",
+        valid=Range(0, 1, high_open=True),
+    )
+    eps: float | None = flag(
+        None, "Adam epsilon (default 1e-6 if the model name has 'vit', as open_clip, else 1e-8)", valid=POSITIVE
+    )
     wd: float = flag(
-        0.2, "weight decay (as open_clip: not on parameters under 2-d, nor on names with bn, ln, bias, logit_scale)"
+        0.2,
+        "weight decay (as open_clip: not on parameters under 2-d, nor on names with bn, ln, bias, logit_scale)",
+        valid=NON_NEGATIVE,
     )
     no_decay_embeddings: bool = flag(
         False, "no weight decay on embedding tables and positional/class embeddings either (open_clip decays them)"
     )
-    grad_clip_norm: float | None = flag(None, "clip the global gradient norm to this value")
-    accum_freq: int = flag(
-        1, "contrastive gradient accumulation: update every N batches as one batch of N x --batch-size"
+    grad_clip_norm: float | None = flag(
+        None, "clip the global gradient norm to this value (omit it for no clipping)", valid=POSITIVE
     )
+    accum_freq: int = flag(
+        1, "contrastive gradient accumulation: update every N batches as one batch of N x --batch-size", valid=count(1)
+    )
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.opt not in OPTIMIZERS:
+            reason = TIMM_OPTIMIZERS if self.opt.startswith("timm/") else f"use one of {', '.join(OPTIMIZERS)}"
+            raise ValueError(f"--opt {self.opt} is not supported: {reason}")
 
 
 @dataclass
 class ScheduleConfig:
     """Schedule: epochs, warm-up and the learning-rate curve."""
 
-    epochs: int = flag(32, "epochs to train")
-    epochs_cooldown: int | None = flag(None, "const-cooldown: cool down over the last N epochs")
-    warmup: int = flag(10000, "linear warm-up steps")
+    epochs: int = flag(32, "epochs to train", valid=count(1))
+    epochs_cooldown: int | None = flag(None, "const-cooldown: cool down over the last N epochs", valid=count(1))
+    warmup: int = flag(10000, "linear warm-up steps", valid=count(0))
     lr_scheduler: str = flag("cosine", "the learning-rate curve after warm-up", choices=LR_SCHEDULERS)
-    lr_cooldown_end: float = flag(0.0, "const-cooldown: the learning rate at the end of the cool-down")
-    lr_cooldown_power: float = flag(1.0, "const-cooldown: power of the polynomial cool-down (1: linear)")
+    lr_cooldown_end: float = flag(
+        0.0, "const-cooldown: the learning rate at the end of the cool-down", valid=NON_NEGATIVE
+    )
+    lr_cooldown_power: float = flag(
+        1.0, "const-cooldown: power of the polynomial cool-down (1: linear)", valid=POSITIVE
+    )
     skip_scheduler: bool = flag(False, "keep the learning rate at its peak (no warm-up, no decay)")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -214,28 +410,60 @@ class SystemConfig:
         False, "do not pick the device index from the local rank (when each process sees only its own GPU)"
     )
     use_bn_sync: bool = flag(False, "synchronise BatchNorm statistics across ranks (SyncBatchNorm)")
-    seed: int = flag(0, "random seed: weights, shard order, shuffling, resampling, augmentation (with epoch and rank)")
+    seed: int = flag(
+        0,
+        "random seed: weights, shard order, shuffling, resampling, augmentation (with epoch and rank)",
+        valid=count(0),
+    )
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
 class CheckpointConfig:
     """Checkpoints: when to save and what to resume from."""
 
-    save_frequency: int = flag(1, "save a checkpoint every N epochs (0: never, except --save-most-recent)")
-    save_every_n_steps: int | None = flag(None, "also save a checkpoint every N optimizer steps")
+    save_frequency: int = flag(
+        1, "save a checkpoint every N epochs (0: never, except --save-most-recent)", valid=count(0)
+    )
+    save_every_n_steps: int | None = flag(None, "also save a checkpoint every N optimizer steps", valid=count(1))
     save_most_recent: bool = flag(False, "keep the newest state in epoch_latest.pt after every epoch")
     delete_previous_checkpoint: bool = flag(False, "remove the previous checkpoint after writing a new one")
     resume: str | None = flag(
-        None, "checkpoint file to resume from, or 'latest' for the newest complete one of this run"
+        None,
+        "checkpoint to resume from: a file (ours or open_clip_train's), an fsspec URL, or 'latest' for the newest "
+        "complete one of this run (with --remote-sync: here or at the remote)",
     )
+    remote_sync: str | None = flag(
+        None, "copy the run folder to URL/NAME in the background (any fsspec URL: s3://, gs://, file://, ...)"
+    )
+    remote_sync_frequency: int = flag(300, "seconds between two background copies of --remote-sync", valid=count(1))
+    remote_sync_protocol: str = flag(
+        "s3",
+        "how --remote-sync copies: fsspec, or s3 (fsspec's s3 filesystem: needs s3fs)",
+        choices=REMOTE_SYNC_PROTOCOLS,
+    )
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.remote_sync is None:
+            return
+        if self.remote_sync_protocol not in REMOTE_SYNC_PROTOCOLS:
+            raise ValueError(f"remote_sync_protocol={self.remote_sync_protocol!r} is unknown; use s3 or fsspec")
+        if self.remote_sync_protocol == "s3" and not self.remote_sync.startswith("s3://"):
+            raise ValueError(
+                f"--remote-sync {self.remote_sync} with --remote-sync-protocol s3 needs an s3:// URL; for another "
+                "place add --remote-sync-protocol fsspec"
+            )
 
 
 @dataclass
 class EvalConfig:
     """Evaluation: validation loss and recall, zero-shot classification per language."""
 
-    val_frequency: int = flag(1, "validate every N epochs (and after the last)")
-    zeroshot_frequency: int = flag(2, "evaluate zero-shot every N epochs (and after the last)")
+    val_frequency: int = flag(1, "validate every N epochs and after the last (0: never)", valid=count(0))
+    zeroshot_frequency: int = flag(2, "evaluate zero-shot every N epochs and after the last (0: never)", valid=count(0))
     zeroshot_data: str | None = flag(None, "ImageFolder-layout directory for zero-shot classification")
     zeroshot_classnames: str | None = flag(
         None, "JSON of class names: a list in folder order, {folder: name}, or either per language"
@@ -244,13 +472,21 @@ class EvalConfig:
         None, "JSON of prompt templates with '{}' for the class name: a list or {language: list}"
     )
     zeroshot_languages: str | None = flag(
-        None, "comma-separated languages to evaluate (default: all in the files; en for --imagenet-val)"
+        None, "comma-separated languages to evaluate (default: all in the files; en for the ImageNet sets)"
     )
     imagenet_val: str | None = flag(
         None,
         "ImageNet-1k validation set in ImageFolder layout (1000 wnid folders), zero-shot with the shipped class "
         "names: en, ar, zh, it, ja on all classes, Babel-ImageNet languages on their class subset",
     )
+    imagenet_v2: str | None = flag(
+        None,
+        "ImageNet-V2, zero-shot as --imagenet-val: the folder open_clip reads (it holds ImageNetV2-matched-frequency/"
+        "), the class-index folders 0..999 themselves, or 1000 wnid folders",
+    )
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -259,10 +495,49 @@ class LoggingConfig:
 
     logs: str = flag("./logs/", "folder that holds one sub-folder per run")
     name: str | None = flag(None, "name of the run's folder (default: the time, model, lr, batch size and precision)")
-    log_every_n_steps: int = flag(100, "log training metrics every N optimizer steps (and at the end of an epoch)")
-    report_to: str = flag("", "'tensorboard' to also write TensorBoard scalars")
+    log_every_n_steps: int = flag(
+        100, "log training metrics every N optimizer steps (and at the end of an epoch)", valid=count(1)
+    )
+    log_local: bool = flag(
+        False, "write a log file (out-RANK) on the first process of every node, not only out.log on rank 0"
+    )
+    report_to: str = flag(
+        "", "also report to: tensorboard, wandb (Weights & Biases), both comma-separated, or all (open_clip's)"
+    )
+    wandb_project_name: str = flag("open-clip", "Weights & Biases project (--report-to wandb)")
+    wandb_notes: str = flag("", "Weights & Biases notes of the run (--report-to wandb)")
+    copy_codebase: bool = flag(
+        False, "copy the trainer's and library's code into the run folder (code/), to rerun the run as it was"
+    )
     debug: bool = flag(False, "log at DEBUG level")
     plot: bool = flag(False, "write a PNG of the loss and accuracy curves to the run folder at the end")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.logs.strip().lower() == "none":
+            raise ValueError(
+                f"--logs {self.logs}: open_clip's 'store no logs' (which still writes out.log and params.txt into "
+                "./None/NAME and only skips checkpoints and TensorBoard) is not supported; give a folder, and "
+                "--save-frequency 0 to write no epoch checkpoints"
+            )
+        report_sinks(self.report_to)
+
+    @property
+    def sinks(self) -> frozenset[str]:
+        """The sinks --report-to names, beyond the console, out.log and metrics.jsonl."""
+        return report_sinks(self.report_to)
+
+
+def report_sinks(value: str) -> frozenset[str]:
+    """`--report-to` as open_clip reads it (`wandb`, `tensorboard`, both joined by a comma, or `all`), strictly: an
+    unknown name is an error instead of silently reporting nowhere."""
+    names = {part.strip() for part in value.split(",")} - {"", "none"}
+    unknown = sorted(names - {*REPORT_SINKS, "all"})
+    if unknown:
+        raise ValueError(
+            f"--report-to {value!r}: unknown {', '.join(unknown)}; use tensorboard, wandb, tensorboard,wandb or all"
+        )
+    return frozenset(REPORT_SINKS) if "all" in names else frozenset(names)
 
 
 @dataclass

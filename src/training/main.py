@@ -6,6 +6,7 @@ module wires them together, and `main()` reads top to bottom as the run goes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -18,24 +19,24 @@ from open_mclip.loss import create_loss
 from open_mclip.precision import Precision
 
 from . import checkpoint
-from .config import LossConfig, TrainConfig
-from .data import DataInfo, get_data
+from .codebase import copy_codebase
+from .config import LockConfig, LossConfig, TrainConfig
+from .data import DataInfo, bounded, get_data
 from .devices import Device, get_device
 from .distributed import World, barrier, broadcast_object, init_distributed, shutdown_distributed, world_from_env
 from .eval import Evaluator, ZeroShotPlan, zero_shot_plan
-from .logger import MetricsLogger, setup_logging, write_params
-from .optim import create_optimizer
+from .logger import MetricsLogger, WandbSink, log_file, setup_logging, write_params
+from .optim import adam_defaults, create_optimizer
 from .params import parse_args
 from .placement import Placement
+from .remote import RemoteSync
 from .scheduler import Scheduler
+from .startup import check_startup
 from .stepper import Stepper
 from .train import EpochContext, train_one_epoch
 from .wrap import wrap_for_training
 
 log = logging.getLogger(__name__)
-
-# open_clip_train's --siglip: the SigLIP paper's initial log temperature and bias, over the architecture's own
-SIGLIP_INIT = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0}
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Run:
     placement: Placement
     folder: Path
     logger: MetricsLogger
+    remote: RemoteSync | None = None  # --remote-sync, on rank 0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,16 +56,26 @@ def main(argv: list[str] | None = None) -> dict:
     plan = zero_shot_plan(cfg.eval)  # bad zero-shot folders, class names or languages fail now, before any output
     run = setup(cfg)
     model, preprocess_train, preprocess_val = build_model(cfg, run.device, run.world)
-    tokenizer = open_mclip.get_tokenizer(cfg.model.model, context_length=model.context_length)
+    tokenizer = open_mclip.get_tokenizer(
+        cfg.model.model, context_length=model.context_length, cache_dir=cfg.model.cache_dir
+    )
     data = build_data(cfg, run, preprocess_train=preprocess_train, preprocess_val=preprocess_val, tokenizer=tokenizer)
     evaluate = build_evaluator(cfg, run, plan=plan, val=data.get("val"), tokenizer=tokenizer, preprocess=preprocess_val)
     if "train" not in data:  # evaluation only
         return finish(evaluate(model, epoch=0, final=True), cfg=cfg, run=run)
 
-    train = data["train"]
-    stepper, scheduler = build_optimization(model, cfg, run, steps_per_epoch=train.num_batches // cfg.optim.accum_freq)
+    train, steps_per_epoch = data["train"], data["train"].num_batches // cfg.optim.accum_freq
+    stepper, scheduler = build_optimization(model, cfg, run, steps_per_epoch=steps_per_epoch)
     folder = run.folder / "checkpoints"
-    state = checkpoint.resume(cfg.checkpoint.resume, folder=folder, world=run.world, model=model, stepper=stepper)
+    state = checkpoint.resume(
+        cfg.checkpoint.resume,
+        folder=folder,
+        world=run.world,
+        model=model,
+        stepper=stepper,
+        steps_per_epoch=steps_per_epoch,
+        remote=run.remote,
+    )
     saver = checkpoint.CheckpointWriter(folder, cfg, model=model, stepper=stepper, world=run.world, device=run.device)
     train_model = wrap_for_training(model, model_cfg=cfg.model, system=cfg.system, world=run.world, device=run.device)
     loss_fn = training_loss(cfg.loss, run.world)
@@ -89,25 +101,73 @@ def setup(cfg: TrainConfig) -> Run:
     device.setup(0 if cfg.system.no_set_device_rank else world.local_rank)
     init_distributed(world, backend=cfg.system.dist_backend or device.dist_backend, dist_url=cfg.system.dist_url)
     folder = _run_dir(cfg, world)
-    setup_logging(folder / "out.log" if world.is_master else None, debug=cfg.logging.debug, rank=world.rank)
+    remote = _remote(cfg, folder) if world.is_master else None  # before logging: a resumed run continues its logs
+    own_log = log_file(folder, rank=world.rank, local_rank=world.local_rank, local=cfg.logging.log_local)
+    setup_logging(own_log, debug=cfg.logging.debug, rank=world.rank)
     log.info("rank %d of %d on %s (%s)", world.rank, world.world_size, device, device.dist_backend)
+    check_startup(cfg, folder=folder, world=world)
     if world.is_master:
         write_params(folder / "params.txt", cfg)
-    logger = MetricsLogger(folder if world.is_master else None, tensorboard="tensorboard" in cfg.logging.report_to)
-    return Run(world, device, Placement(device, Precision.parse(cfg.system.precision)), folder, logger)
+        if cfg.logging.copy_codebase:
+            copy_codebase(folder / "code")
+    if remote is not None:
+        if remote.restored:
+            log.info("restored %s of this run from %s", ", ".join(remote.restored), remote.url)
+        remote.sync()  # a remote that cannot be written fails the run now
+        remote.start()
+    logger = _metrics_logger(cfg, folder, world)
+    return Run(world, device, Placement(device, Precision.parse(cfg.system.precision)), folder, logger, remote)
+
+
+def _remote(cfg: TrainConfig, folder: Path) -> RemoteSync | None:
+    """--remote-sync: the run folder's copy at URL/NAME; an existing remote run is only continued with --resume."""
+    c = cfg.checkpoint
+    if c.remote_sync is None:
+        return None
+    remote = RemoteSync(
+        folder,
+        f"{c.remote_sync.rstrip('/')}/{folder.name}",
+        every_s=c.remote_sync_frequency,
+        protocol=c.remote_sync_protocol,
+    )
+    if c.resume is None and remote.files():
+        raise ValueError(f"{remote.url} already holds a run: use --resume latest to continue it or a new --name")
+    if c.resume is not None:
+        remote.restore()
+    return remote
+
+
+def _metrics_logger(cfg: TrainConfig, folder: Path, world: World) -> MetricsLogger:
+    if not world.is_master:
+        return MetricsLogger(None, tensorboard=False)
+    sinks, log_cfg = cfg.logging.sinks, cfg.logging
+    wandb = None
+    if "wandb" in sinks:
+        wandb = WandbSink(
+            name=folder.name,
+            project=log_cfg.wandb_project_name,
+            notes=log_cfg.wandb_notes,
+            config=dataclasses.asdict(cfg),
+            resume=cfg.checkpoint.resume is not None,
+            folder=folder,
+        )
+    return MetricsLogger(folder, tensorboard="tensorboard" in sinks, wandb=wandb)
 
 
 def _run_dir(cfg: TrainConfig, world: World) -> Path:
+    lr = cfg.optim.lr if cfg.optim.lr is not None else adam_defaults(vit=False)["lr"]  # open_clip names the used lr
     name = cfg.logging.name or broadcast_object(
-        time.strftime("%Y_%m_%d-%H_%M_%S") + f"-model_{cfg.model.model.replace('/', '-')}-lr_{cfg.optim.lr}"
-        f"-b_{cfg.data.batch_size}-p_{cfg.system.precision}",
+        time.strftime("%Y_%m_%d-%H_%M_%S") + f"-model_{cfg.model.model.replace('/', '-')}-lr_{lr}"
+        f"-b_{cfg.data.batch_size}-j_{cfg.data.workers}-p_{cfg.system.precision}",
         world,
     )
     run_dir = Path(cfg.logging.logs) / name
     if world.is_master:
-        if (run_dir / "out.log").exists() and cfg.checkpoint.resume is None:
+        if log_file(run_dir, rank=0, local_rank=0, local=cfg.logging.log_local).exists() and not cfg.checkpoint.resume:
             raise ValueError(f"run {run_dir} already exists: use --resume latest to continue it or a new --name")
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    elif cfg.logging.log_local and world.local_rank == 0:  # another node's log file, where file systems are not shared
+        run_dir.mkdir(parents=True, exist_ok=True)
     barrier(world)
     return run_dir
 
@@ -117,7 +177,10 @@ def build_model(cfg: TrainConfig, device: Device, world: World):
 
     Every rank initialises the same weights (an evaluation-only run has no DDP broadcast); afterwards each rank
     draws its own random numbers."""
-    m, lock = cfg.model, cfg.lock
+    m = cfg.model
+    # open_clip's trainer starts a SigLIP model at logit scale ln 10 and bias -10 (the SigLIP paper's), whatever
+    # the architecture's config says; pretrained weights then replace both
+    siglip_init = {"init_logit_scale": math.log(10), "init_logit_bias": -10.0} if cfg.loss.siglip else {}
     device.seed(cfg.system.seed)
     model, preprocess_train, preprocess_val = open_mclip.create_model_and_transforms(
         m.model,
@@ -125,6 +188,7 @@ def build_model(cfg: TrainConfig, device: Device, world: World):
         precision=cfg.system.precision,
         device=device.torch_device,
         force_quick_gelu=m.force_quick_gelu,
+        force_custom_text=m.force_custom_text,
         force_patch_dropout=m.force_patch_dropout,
         force_image_size=m.force_image_size,
         force_context_length=m.force_context_length,
@@ -133,17 +197,29 @@ def build_model(cfg: TrainConfig, device: Device, world: World):
         image_interpolation=m.image_interpolation,
         image_resize_mode=m.image_resize_mode,
         aug_cfg=m.aug_cfg or None,
+        pretrained_image=m.pretrained_image,
         cache_dir=m.cache_dir,
-        **(SIGLIP_INIT if cfg.loss.siglip else {}),
+        **siglip_init,
     )
-    if lock.lock_image:
-        model.visual.lock(lock.lock_image_unlocked_groups, freeze_norm_stats=lock.lock_image_freeze_bn_stats)
-    if lock.lock_text:
-        model.text.lock(lock.lock_text_unlocked_layers, freeze_norm_stats=lock.lock_text_freeze_layer_norm)
+    lock_towers(model, cfg.lock)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
     device.seed(cfg.system.seed + world.rank)
-    return model, preprocess_train, preprocess_val
+    # the transforms' own size check (their first step) follows --max-image-pixels/--max-image-aspect-ratio
+    return model, bounded(preprocess_train, cfg.data.image_bounds), bounded(preprocess_val, cfg.data.image_bounds)
+
+
+def lock_towers(model, lock: LockConfig) -> None:
+    """LiT: open_clip's groups per tower type (`model.lock_image_tower`, `model.lock_text_tower`) or, with
+    --lock-*-unlocked-blocks, our uniform block rule (`Tower.lock`)."""
+    if lock.lock_image and lock.lock_image_unlocked_blocks is None:
+        model.lock_image_tower(lock.lock_image_unlocked_groups, freeze_bn_stats=lock.lock_image_freeze_bn_stats)
+    elif lock.lock_image:
+        model.visual.lock(lock.lock_image_unlocked_blocks, freeze_norm_stats=lock.lock_image_freeze_bn_stats)
+    if lock.lock_text and lock.lock_text_unlocked_blocks is None:
+        model.lock_text_tower(lock.lock_text_unlocked_layers, freeze_layer_norm=lock.lock_text_freeze_layer_norm)
+    elif lock.lock_text:
+        model.text.lock(lock.lock_text_unlocked_blocks, freeze_norm_stats=lock.lock_text_freeze_layer_norm)
 
 
 def build_data(cfg: TrainConfig, run: Run, *, preprocess_train, preprocess_val, tokenizer) -> dict[str, DataInfo]:
@@ -205,6 +281,8 @@ def finish(results: dict, *, cfg: TrainConfig, run: Run, trained: bool = False) 
 
             plot_curves(run.folder / "metrics.jsonl", run.folder / "curves.png")
     run.logger.close()
+    if run.remote is not None:
+        run.remote.close()  # the final copy, after the last log line and results.json
     shutdown_distributed(run.world)
     return results
 

@@ -110,9 +110,7 @@ def param_groups(
     return [{"params": groups[k], "weight_decay": k[0], "lr": k[1], "base_lr": k[1]} for k in keys]
 
 
-def create_optimizer(
-    model: nn.Module, cfg: OptimConfig, *, device: Device, model_name: str
-) -> torch.optim.Optimizer:
+def create_optimizer(model: nn.Module, cfg: OptimConfig, *, device: Device, model_name: str) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters of `model` (the bare CLIP module built from --model `model_name`), in
     `param_groups`' groups; unset --lr, --beta1, --beta2 and --eps take `adam_defaults`."""
     if cfg.opt != "adamw":

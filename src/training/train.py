@@ -96,7 +96,7 @@ def _metrics(model, window: _Window, *, lr: float, batch_size: int, data: DataIn
         "logit_scale": unwrap(model).logit_scale.exp().item(),
         "samples_per_s": window.batches * batch_size * ctx.world.world_size / max(elapsed, 1e-9),
         "data_time": window.data_time,
-        "skipped_samples": data.skipped.total,
+        **data.skipped.metrics(),  # skipped_samples, skipped_<reason>, unreadable_shards: each counted once
         **device.memory_stats(),
     }
 

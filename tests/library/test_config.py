@@ -18,6 +18,23 @@ OPEN_CLIP_CONFIGS = Path(open_clip.__file__).parent / "model_configs"
 NOT_FROM_OPEN_CLIP = {"RN50x4-xlm-roberta-base"}  # architectures open_clip does not have
 
 
+def _family(name: str) -> tuple:
+    """What a config's build exercises: its tower types, a timm trunk's family and a Hugging Face tower's encoder."""
+    cfg = model_config(name)
+    trunk = cfg.vision.model_name.split("_")[0] if isinstance(cfg.vision, TimmConfig) else ""
+    encoder = (cfg.text.model_type or cfg.text.model_name.split("/")[-1].split("-")[0]) if cfg.text.type == "hf" else ""
+    return cfg.vision.type, trunk, cfg.text.type, encoder
+
+
+# every shipped config builds, runs and trains in CI (`slow`); these, one per family, also in `make test-fast`
+FAST = """
+    mclip-tiny mclip-tiny-rn mclip-tiny-xlmr ViT-B-32 RN50 convnext_tiny ViT-B-16-SigLIP EVA01-g-14 EVA02-B-16
+    MobileCLIP-S1 MobileCLIP2-B PE-Core-T-16-384 ViTamin-S swin_base_patch4_window7_224 vit_medium_patch16_gap_256
+    vit_relpos_medium_patch16_cls_224 xlm-roberta-base-ViT-B-32 roberta-ViT-B-32 mt5-base-ViT-B-32 nllb-clip-base
+    nllb-clip-base-siglip RN50x4-xlm-roberta-base ViT-H-14-CLIPA ViT-L-14-worldwide
+""".split()
+
+
 # Hugging Face text towers shrink to the same encoder family built from config, offline (vocabulary > 49407)
 _HF_FAMILY = {
     "xlm-roberta-base": "xlm-roberta",
@@ -93,7 +110,13 @@ def test_required_architectures_ship():
     assert set(SHIPPED) <= set(list_models())
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+def test_fast_configs_cover_every_family():
+    """The `make test-fast` subset builds one config of every family that ships (a new family must join it)."""
+    assert set(FAST) <= set(SHIPPED)
+    assert {_family(n) for n in FAST} == {_family(n) for n in SHIPPED}
+
+
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in SHIPPED])
 def test_shipped_config_builds_runs_and_trains(name, shallow_timm):
     cfg = model_config(name)
     assert ModelConfig.from_dict(cfg.to_dict(), source=name) == cfg  # to_dict round-trips

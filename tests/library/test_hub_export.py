@@ -487,6 +487,21 @@ def test_open_clip_saved_siglip_style_model_loads_here(tmp_path, photos, shallow
     assert torch.equal(get_tokenizer(f"local-dir:{tmp_path}")(TEXTS), oc_tokenizer(TEXTS))
 
 
+@needs_xlmr
+def test_local_dir_without_tokenizer_files_uses_the_tokenizer_its_config_names(tmp_path):
+    """open_clip reads a local-dir: tokenizer from the folder only: from a folder of config and weights it builds an
+    empty XLM-R vocabulary, every word unknown; here the tokenizer the config names serves, and a folder with
+    tokenizer files still wins (tests above)."""
+    text_cfg = {"hf_model_name": str(XLMR_DIR), "hf_tokenizer_name": str(XLMR_DIR), "context_length": 32}
+    text_cfg |= {"hf_pooler_type": "mean_pooler", "tokenizer_kwargs": {"tokenizer_type": "xlm-roberta"}}
+    config = {"model_cfg": {"embed_dim": 48, "vision_cfg": TINY_VIT, "text_cfg": text_cfg}}
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
+    named = open_clip.tokenizer.HFTokenizer(str(XLMR_DIR), context_length=32, tokenizer_type="xlm-roberta")
+    assert torch.equal(get_tokenizer(f"local-dir:{tmp_path}")(TEXTS), named(TEXTS))
+    theirs = open_clip.get_tokenizer(f"local-dir:{tmp_path}")(TEXTS)
+    assert set(theirs[0].tolist()) == {0, 1, 2, 3}  # <s>, <pad>, </s> and <unk> for every word
+
+
 # --- atomic saves ---------------------------------------------------------------------------------------------
 
 _DIE_WHILE_WRITING_WEIGHTS = """

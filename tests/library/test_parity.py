@@ -171,7 +171,12 @@ def _check_arch(name: str, photos, *, depth: int | None = None, hf_folder: Path 
     ref.load_state_dict(exported, strict=True)
 
 
-@pytest.mark.parametrize("name", SMALL)
+def _slow_but(*fast: str):
+    """Parametrize over names, all but `fast` marked slow: `make test-fast` keeps one of a kind, CI runs them all."""
+    return lambda names: [n if n in fast else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
+@pytest.mark.parametrize("name", _slow_but("ViT-B-32", "RN50", "ViT-S-16-alt")(SMALL))
 def test_parity_small(name, photos):
     _check_arch(name, photos)
 
@@ -199,7 +204,7 @@ def test_parity_siglip_cut_depth(name, photos, shallow_timm):
     _check_arch(name, photos, depth=2)
 
 
-@pytest.mark.parametrize("name", NLLB_SIGLIP)
+@pytest.mark.parametrize("name", _slow_but("nllb-clip-base-siglip")(NLLB_SIGLIP))
 def test_parity_nllb_siglip_real_width(name, photos, shallow_timm, tmp_path):
     """open_clip's strongest multilingual retrieval models: SigLIP trunk and NLLB encoder at real width, 2 layers."""
     _check_arch(name, photos, depth=2, hf_folder=tmp_path)

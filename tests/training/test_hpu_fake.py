@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import open_mclip
-from training.checkpoint import load
+from training.checkpoint import load, model_state
 from training.optim import param_groups
 
 FAKE = Path(__file__).parent / "fake_habana"
@@ -105,7 +105,7 @@ def test_lazy_run_logs_metrics_and_its_checkpoint_loads_on_cpu(lazy_run):
     assert saved["step"] == 4 and saved["config"]["system"]["device"] == "hpu"
     model = open_mclip.create_model("mclip-tiny")
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(saved["state_dict"])  # strict: every key present, none extra
+    model.load_state_dict(model_state(saved))  # strict: every key present, none extra (saved in open_clip's layout)
     assert all(v.device.type == "cpu" for v in model.state_dict().values())
     assert any(not torch.equal(initial[k], v) for k, v in model.state_dict().items()), "training changed nothing"
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay=0.2))

@@ -1,5 +1,7 @@
 """The import graph of src/, read from the source: no module imports itself through others (no circle), and the
-library (open_mclip) never imports the trainer (training). Imports inside functions count too."""
+library (open_mclip) never imports the trainer (training). Imports inside functions count too; imports under
+`if TYPE_CHECKING:` do not (they never run), and `from package import submodule` is an import of the submodule
+(the package is initialised before any of its modules, so it adds no circle)."""
 
 from __future__ import annotations
 
@@ -27,14 +29,36 @@ def _imported(module: str, path: Path, node: ast.Import | ast.ImportFrom) -> lis
     return [base, *(f"{base}.{alias.name}" for alias in node.names)]
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _runtime_imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement outside `if TYPE_CHECKING:` blocks, at any depth."""
+    found, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        todo.extend(child for child in ast.iter_child_nodes(node) if not _is_type_checking(child))
+    return found
+
+
 def import_graph() -> dict[str, set[str]]:
     """{module: the modules of src/ it imports}."""
     modules = {_module_name(p): p for p in SRC.rglob("*.py")}
     graph = {}
     for module, path in modules.items():
-        nodes = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))]
-        names = {name for node in nodes for name in _imported(module, path, node)}
-        graph[module] = {name for name in names if name in modules and name != module}
+        names = set()
+        for node in _runtime_imports(ast.parse(path.read_text())):
+            imported = _imported(module, path, node)
+            if isinstance(node, ast.ImportFrom):
+                base, *members = imported
+                imported = [name for name in members if name in modules]  # `from package import submodule`
+                if len(imported) < len(members):
+                    imported.append(base)  # some names are defined in `base` itself
+            names.update(name for name in imported if name in modules)
+        graph[module] = {name for name in names if name != module}
     return graph
 
 
@@ -64,6 +88,13 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
         if node not in index:
             visit(node)
     return found
+
+
+def test_the_reader_skips_type_checking_imports():
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\nimport b\ndef f():\n    import c\n"
+    )
+    assert sorted(alias.name for node in _runtime_imports(tree) for alias in node.names) == ["TYPE_CHECKING", "b", "c"]
 
 
 def test_the_reader_finds_a_circle():

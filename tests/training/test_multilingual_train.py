@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import open_mclip
-from training.checkpoint import load
+from training.checkpoint import load, model_state
 from training.distributed import World
 from training.eval.zero_shot import ImageFolder, class_folders, evaluate_sets, zero_shot_sets
 from training.main import main
@@ -56,7 +56,7 @@ def _run(tmp_path: Path, data: Path, model: str, languages: str, *extra: str) ->
         + ["--zeroshot-templates", str(data / "templates.json"), "--zeroshot-languages", languages]
         + ["--logs", str(tmp_path / "logs"), "--name", "run", *extra]
     )
-    return results, load(tmp_path / "logs" / "run" / "checkpoints" / "epoch_1.pt")["state_dict"]
+    return results, model_state(load(tmp_path / "logs" / "run" / "checkpoints" / "epoch_1.pt"))
 
 
 def _initial(model: str) -> dict[str, torch.Tensor]:

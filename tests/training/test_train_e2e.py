@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import load
+from training.checkpoint import CheckpointError, load
 from training.main import main
 
 HERE = Path(__file__).parent
@@ -59,7 +59,7 @@ def test_sigkill_while_saving_then_resume_latest(tmp_path, base, uninterrupted, 
     folder = tmp_path / "run" / "checkpoints"
     partial = [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
     assert len(partial) == 1, "the kill should leave exactly one half-written temporary file"
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CheckpointError, match="truncated"):
         load(folder / partial[0])  # it really is truncated
     complete = sorted(p.name for p in folder.glob("*.pt"))
     for name in complete:
@@ -81,7 +81,7 @@ def test_lock_flags_reach_the_towers():
     from training.main import build_model
     from training.params import parse_args
 
-    cfg = parse_args("--model mclip-tiny --lock-image --lock-text --lock-text-unlocked-layers 1".split())
+    cfg = parse_args("--model mclip-tiny --lock-image --lock-text --lock-text-unlocked-blocks 1".split())  # uniform
     model, _, _ = build_model(cfg, get_device("cpu"), World())
     assert not any(p.requires_grad for p in model.visual.parameters())
     trainable = {n for n, p in model.text.named_parameters() if p.requires_grad}

@@ -2,12 +2,17 @@
 
 Flag meanings follow open_clip v3.3. Training loaders give ``(images (B, 3, H, W) float32, texts (B, L) int64)``
 batches; validation loaders add ``langs``, a sequence of B caption language tags ("" where a caption has none).
-A sample that cannot be used is skipped, counted by reason in ``DataInfo.skipped`` and logged.
+A sample that cannot be used (bad bytes, no caption, an image beyond --max-image-pixels or
+--max-image-aspect-ratio...) is skipped, counted once by reason in ``DataInfo.skipped`` and logged. A training
+sample's augmentation depends on (seed, epoch, sample) alone, so a resumed run repeats it whatever the workers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from open_mclip.image_ops import ImageBounds, with_image_bounds
+from open_mclip.transform import ImageTransform
 
 from ..config import DataConfig, check_int
 from .csv import build_csv
@@ -16,9 +21,15 @@ from .samples import SampleDecoder
 from .synthetic import build_synthetic
 from .wds import build_wds
 
-__all__ = ["SKIP_REASONS", "DataConfig", "DataInfo", "SharedEpoch", "SkipCounter", "get_data"]
+__all__ = ["SKIP_REASONS", "DataConfig", "DataInfo", "SharedEpoch", "SkipCounter", "bounded", "get_data"]
 
 _BUILDERS = {"webdataset": build_wds, "csv": build_csv, "synthetic": build_synthetic}
+
+
+def bounded(preprocess: Callable, bounds: ImageBounds) -> Callable:
+    """``preprocess`` with its own size check (the first step of the library's transforms) set to ``bounds``, so
+    it refuses no image the data flags allow; any other callable is left as it is (the decoder checks first)."""
+    return with_image_bounds(preprocess, bounds) if isinstance(preprocess, ImageTransform) else preprocess
 
 
 def resolve_dataset_type(path: str | None, dataset_type: str) -> str:
@@ -77,7 +88,13 @@ def get_data(
         is_train = split == "train"
         kind = resolve_dataset_type(cfg.train_data if is_train else cfg.val_data, cfg.dataset_type)
         lang_key = None if is_train else cfg.val_lang_key  # only validation reports metrics per language
-        decoder = SampleDecoder(preprocess=preprocess, tokenizer=tokenizer, skipped=SkipCounter(), lang_key=lang_key)
+        decoder = SampleDecoder(
+            preprocess=bounded(preprocess, cfg.image_bounds),
+            tokenizer=tokenizer,
+            lang_key=lang_key,
+            bounds=cfg.image_bounds,
+            seed=cfg.seed,
+        )
         data[split] = _BUILDERS[kind](
             cfg, is_train=is_train, decoder=decoder, epoch=epoch, rank=rank, world_size=world_size
         )

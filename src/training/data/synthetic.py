@@ -9,18 +9,29 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
-from .info import DataInfo, map_style_data_info
+from .info import DataInfo, SharedEpoch, map_style_data_info
 from .samples import Sample, SampleDecoder
 
 _LETTERS = np.array(list(string.ascii_lowercase))
 
 
 class SyntheticDataset(Dataset):
-    """``size`` pairs of a noise image and a caption of random words; sample ``i`` is the same on every call."""
+    """``size`` pairs of a noise image and a caption of random words; sample ``i`` is the same on every call.
+    With ``shared_epoch`` (training) sample ``i`` of epoch E is augmented with draws fixed by (seed, E, i)."""
 
-    def __init__(self, *, size: int, image_size: int, decoder: SampleDecoder, seed: int = 0, stream: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        size: int,
+        image_size: int,
+        decoder: SampleDecoder,
+        seed: int = 0,
+        stream: int = 0,
+        shared_epoch: SharedEpoch | None = None,
+    ) -> None:
         self.size, self.image_size, self.decoder = size, image_size, decoder
         self.seed, self.stream = seed, stream  # stream tells training (0) and validation (1) samples apart
+        self.shared_epoch = shared_epoch
 
     def __len__(self) -> int:
         return self.size
@@ -36,7 +47,8 @@ class SyntheticDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         image, caption = self.raw(index)
-        return self.decoder.sample(image, caption)  # validation: untagged
+        draws = (self.shared_epoch.value, index) if self.shared_epoch is not None else None
+        return self.decoder.sample(image, caption, draws=draws)  # validation: untagged
 
 
 def build_synthetic(
@@ -47,9 +59,22 @@ def build_synthetic(
     flag = "train_num_samples" if is_train else "val_num_samples"
     if not size or size < 0:
         raise ValueError(f"{flag}={size!r}: synthetic data needs a positive {flag} (--{flag.replace('_', '-')})")
+    shared_epoch = SharedEpoch(epoch) if is_train else None
     dataset = SyntheticDataset(
-        size=size, image_size=cfg.synthetic_image_size, decoder=decoder, seed=cfg.seed, stream=0 if is_train else 1
+        size=size,
+        image_size=cfg.synthetic_image_size,
+        decoder=decoder,
+        seed=cfg.seed,
+        stream=0 if is_train else 1,
+        shared_epoch=shared_epoch,
     )
     return map_style_data_info(
-        dataset, cfg, is_train=is_train, epoch=epoch, rank=rank, world_size=world_size, skipped=decoder.skipped
+        dataset,
+        cfg,
+        is_train=is_train,
+        epoch=epoch,
+        rank=rank,
+        world_size=world_size,
+        skipped=decoder.skipped,
+        shared_epoch=shared_epoch,
     )

@@ -8,6 +8,7 @@ URLs), and grouped into samples by key here, so the pipeline does not depend on 
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import logging
 import math
@@ -20,11 +21,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import braceexpand
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 
 from ..config import DataConfig
-from .info import DataInfo, SharedEpoch, SkipCounter
+from .info import DataInfo, SharedEpoch, SkipCounter, make_loader
 from .samples import Sample, SampleDecoder
 
 log = logging.getLogger(__name__)
@@ -105,8 +106,9 @@ def _split_name(name: str) -> tuple[str | None, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def read_shard(url: str, *, skipped: SkipCounter) -> Iterator[dict[str, Any]]:
-    """Samples of one tar shard, as dicts of extension -> bytes plus ``__key__`` and ``__url__``.
+def read_shard(url: str, *, skipped: SkipCounter, shard: int = 0, read: int = 0) -> Iterator[dict[str, Any]]:
+    """Samples of one tar shard, as dicts of extension -> bytes plus ``__key__``, ``__url__``, and ``__shard__``
+    (its index in the shard list) and ``__read__`` (this process's read number), under which skips are counted.
 
     An unreadable shard (missing, corrupt, truncated) is counted and logged; the samples before the damage
     are still given.
@@ -114,12 +116,14 @@ def read_shard(url: str, *, skipped: SkipCounter) -> Iterator[dict[str, Any]]:
     try:
         stream = gopen(url)
     except _READ_ERRORS as err:
-        skipped.add("unreadable_shard", detail=f"{url}: {err}")
+        skipped.add("unreadable_shard", detail=f"{url}: {err}", shard=shard)
         return
     try:
-        yield from _grouped_entries(stream, url)
+        for sample in _grouped_entries(stream, url):
+            sample["__shard__"], sample["__read__"] = shard, read
+            yield sample
     except _READ_ERRORS as err:
-        skipped.add("unreadable_shard", detail=f"{url}: {err}")
+        skipped.add("unreadable_shard", detail=f"{url}: {err}", shard=shard)
     finally:
         stream.close()
 
@@ -200,6 +204,7 @@ class ShardDataset(IterableDataset):
         self.shards, self.weights, self.decoder, self.mode = shards, weights, decoder, mode
         self.shared_epoch, self.seed, self.rank, self.world_size = shared_epoch, seed, rank, world_size
         self.worker_quota, self.rank_samples, self.shuffle_buffer = worker_quota, rank_samples, shuffle_buffer
+        self._reads = itertools.count()  # shard reads of this process (each worker process has its own count)
 
     def __len__(self) -> int:
         # lets len(DataLoader) give the batches per epoch; unknown for eval streams, as for any iterable
@@ -215,18 +220,19 @@ class ShardDataset(IterableDataset):
             raw = self._shuffled(self._resampled_raw(rng), rng)
         else:
             raw = self._partitioned_raw(epoch, worker, num_workers, rng)
-        yield from self._decoded(raw, where=f"rank {self.rank} worker {worker}")
+        yield from self._decoded(raw, where=f"rank {self.rank} worker {worker}", draws=(epoch, self.rank, worker))
 
     def _shuffled(self, raw: Iterator[dict[str, Any]], rng: random.Random) -> Iterator[dict[str, Any]]:
         if self.mode == "eval" or self.shuffle_buffer <= 1:
             return raw
         return shuffled(raw, rng=rng, bufsize=self.shuffle_buffer)
 
-    def _decoded(self, raw: Iterator[dict[str, Any]], *, where: str) -> Iterator[Sample]:
-        """Decode raw samples, skipping bad ones, until the quota (if any) is met."""
+    def _decoded(self, raw: Iterator[dict[str, Any]], *, where: str, draws: tuple[int, ...]) -> Iterator[Sample]:
+        """Decode raw samples, skipping bad ones, until the quota (if any) is met. The n-th raw sample of this
+        worker's stream is augmented with draws fixed by (seed, *draws, n): the stream itself is seeded alike."""
         given = skipped_in_a_row = 0
-        for sample in raw:
-            pair = self.decoder.from_shard(sample)
+        for position, sample in enumerate(raw):
+            pair = self.decoder.from_shard(sample, draws=(*draws, position) if self.mode != "eval" else None)
             if pair is None:
                 skipped_in_a_row += 1
                 if skipped_in_a_row >= _MAX_SKIPS_IN_A_ROW and self.mode != "eval":
@@ -247,7 +253,7 @@ class ShardDataset(IterableDataset):
 
         Each pass is shuffled on its own, so a pass gives all its samples before a next one starts.
         """
-        shards = list(self.shards)
+        shards = list(range(len(self.shards)))
         if self.mode == "train":
             random.Random(f"shards-{self.seed}-{epoch}").shuffle(shards)  # the same order on every rank
             shards = shards[self.rank :: self.world_size]
@@ -260,17 +266,21 @@ class ShardDataset(IterableDataset):
             if self.mode == "eval" or not read_any:
                 return  # eval reads once; a training worker whose shards give nothing stops (its caller raises)
 
-    def _read_all(self, urls: list[str]) -> Iterator[dict[str, Any]]:
-        for url in urls:
-            yield from read_shard(url, skipped=self.decoder.skipped)
+    def _read(self, shard: int) -> Iterator[dict[str, Any]]:
+        """One read of shard number ``shard``; every read has its own number, the skips of each are counted apart."""
+        yield from read_shard(self.shards[shard], skipped=self.decoder.skipped, shard=shard, read=next(self._reads))
+
+    def _read_all(self, shards: list[int]) -> Iterator[dict[str, Any]]:
+        for shard in shards:
+            yield from self._read(shard)
 
     def _resampled_raw(self, rng: random.Random) -> Iterator[dict[str, Any]]:
         """Shards drawn with replacement, forever; stops if a long run of draws gives no sample at all."""
-        empty_draws = 0
+        empty_draws, indices = 0, range(len(self.shards))
         while empty_draws < max(100, 10 * len(self.shards)):
-            url = rng.choices(self.shards, weights=self.weights)[0]
+            shard = rng.choices(indices, weights=self.weights)[0]
             empty_draws += 1
-            for sample in read_shard(url, skipped=self.decoder.skipped):
+            for sample in self._read(shard):
                 empty_draws = 0
                 yield sample
 
@@ -309,7 +319,7 @@ def build_wds(
         num_batches, worker_quota, rank_samples = math.ceil(num_samples / cfg.batch_size), None, None
     dataset = ShardDataset(
         shards,
-        decoder=decoder,
+        decoder=decoder.with_counter(SkipCounter(shards=len(shards))),
         mode=("resampled" if resampled else "train") if is_train else "eval",
         shared_epoch=shared_epoch,
         seed=cfg.seed,
@@ -320,15 +330,8 @@ def build_wds(
         rank_samples=rank_samples,
         shuffle_buffer=cfg.shuffle_buffer,
     )
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        drop_last=is_train and cfg.drop_last,
-        num_workers=cfg.workers,
-        persistent_workers=cfg.workers > 0,
-        pin_memory=cfg.pin_memory,
-    )
-    return DataInfo(loader, num_samples, num_batches, decoder.skipped, shared_epoch=shared_epoch)
+    loader = make_loader(dataset, cfg, drop_last=is_train and cfg.drop_last)
+    return DataInfo(loader, num_samples, num_batches, dataset.decoder.skipped, shared_epoch=shared_epoch)
 
 
 def _train_sizes(cfg: DataConfig, shards: list[str], *, world_size: int, resampled: bool) -> tuple[int, int, int]:

@@ -17,9 +17,15 @@ from .zero_shot import ZeroShotPlan, zero_shot, zero_shot_table
 log = logging.getLogger(__name__)
 
 
+def due(frequency: int, *, epoch: int, final: bool) -> bool:
+    """open_clip's --val-frequency / --zeroshot-frequency: every `frequency` epochs and after the last, never for 0."""
+    return frequency > 0 and (final or epoch % frequency == 0)
+
+
 class Evaluator:
     """Validation loss and recall on --val-data (rank 0), zero-shot accuracy on the plan's sets (every rank on its
-    shard), each at its frequency and after the last epoch; results are logged and returned by split."""
+    shard), each at its frequency and after the last epoch (a frequency of 0: never, as in open_clip); results are
+    logged and returned by split."""
 
     def __init__(
         self,
@@ -41,13 +47,15 @@ class Evaluator:
         self.tokenizer, self.preprocess, self.placement, self.workers = tokenizer, preprocess, placement, workers
 
     def __call__(self, model, *, epoch: int, final: bool) -> dict[str, dict]:
-        """Evaluate `model` after `epoch` epochs (0: before any training); `final` runs every evaluation."""
+        """Evaluate `model` after `epoch` epochs (0: before any training); `final` (the last epoch, or an
+        evaluation-only run) runs every evaluation whose frequency is not 0."""
         results = {}
-        if self.val is not None and (final or epoch % max(self.cfg.val_frequency, 1) == 0) and self.world.is_master:
+        if self.val is not None and due(self.cfg.val_frequency, epoch=epoch, final=final) and self.world.is_master:
             results["val"] = validate(model, self.val.dataloader, self.loss, placement=self.placement)
-        if self.plan and (final or epoch % max(self.cfg.zeroshot_frequency, 1) == 0):
+            results["val"].update(self.val.skipped.metrics())  # each bad sample once, however many passes
+        if self.plan and due(self.cfg.zeroshot_frequency, epoch=epoch, final=final):
             results.update(
-                zero_shot(  # "zeroshot" (--zeroshot-data) and "imagenet" (--imagenet-val)
+                zero_shot(  # "zeroshot" (--zeroshot-data), "imagenet" (--imagenet-val), "imagenet-v2" (--imagenet-v2)
                     model,
                     self.plan,
                     tokenizer=self.tokenizer,
@@ -63,7 +71,7 @@ class Evaluator:
     def _log(self, results: dict[str, dict], *, epoch: int) -> None:
         for split, metrics in results.items():
             self.logger.log(split, metrics, step=epoch, epoch=epoch)
-        for key in ("zeroshot", "imagenet"):
+        for key in ("zeroshot", "imagenet", "imagenet-v2"):
             if key in results and self.world.is_master:
                 log.info("zero-shot accuracy (%s) after epoch %d:\n%s", key, epoch, zero_shot_table(results[key]))
         if any(key.endswith("_num_samples") for key in results.get("val", {})):  # captions tagged with languages

@@ -1,13 +1,16 @@
 """Zero-shot classification per language on ImageFolder sets: every rank evaluates its shard, counts all-reduced.
 
-Two evaluation sets, each reported under its own key:
+Three evaluation sets, each reported under its own key:
 - "zeroshot": `--zeroshot-data DIR` with `--zeroshot-classnames` and `--zeroshot-templates` files.
 - "imagenet": `--imagenet-val DIR`, ImageNet-1k's validation set (one folder per WordNet id), with the library's
   shipped packs. A language of the "imagenet" pack (en, ar, zh, it, ja) is scored over all 1000 classes; a language
   only Babel-ImageNet has is scored as Babel-ImageNet defines it: on the images of the classes it names, with a
   classifier over those classes only (`{lang}_num_images` says how many images that was).
-`--zeroshot-languages` applies to both sets; by default --zeroshot-data takes every language of its files and
---imagenet-val takes en.
+- "imagenet-v2": `--imagenet-v2 DIR`, ImageNet-V2 (matched frequency), scored exactly as "imagenet". DIR is what
+  open_clip's trainer reads (a folder holding `ImageNetV2-matched-frequency/`), ImageNet-V2's own layout (class
+  folders `0` ... `999`, the number being the ImageNet class index), or 1000 wnid folders as for --imagenet-val.
+`--zeroshot-languages` applies to all sets; by default --zeroshot-data takes every language of its files and the
+ImageNet sets take en.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from open_mclip.transform import load_image
+from open_mclip.image_ops import image_bounds_of
 from open_mclip.zero_shot import build_zero_shot_classifier
 from open_mclip.zero_shot_packs import (
     imagenet_wnids,
@@ -30,12 +33,15 @@ from open_mclip.zero_shot_packs import (
 )
 
 from ..config import EvalConfig
+from ..data.info import SAMPLE_REASONS, SkipCounter
+from ..data.samples import SampleDecoder
 from ..distributed import World, all_reduce_sum
 from ..placement import Placement
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 LISTED = 10  # names shown in an error before "... (N in all)"
+IMAGENET_V2_FOLDER = "ImageNetV2-matched-frequency"  # where open_clip's ImageNetV2Dataset(location=DIR) looks
 
 
 @dataclass(frozen=True)
@@ -56,11 +62,15 @@ def class_folders(root: str | Path, *, flag: str) -> list[str]:
 
 
 class ImageFolder(Dataset):
-    """`root/<class>/<image>` without torchvision: classes sorted by folder name; this rank's shard of the images."""
+    """`root/<class>/<image>` without torchvision: class i is the i-th of `classes` (default: the folders sorted by
+    name); this rank's shard of the images. An image that cannot be used (broken, gone, beyond the transform's size
+    bounds) gives None and is counted."""
 
-    def __init__(self, root: str | Path, transform, *, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, root: str | Path, transform, *, classes: list[str] | None = None, rank: int = 0, world_size: int = 1
+    ):
         root = Path(root)
-        self.classes = class_folders(root, flag="zero-shot image folder")
+        self.classes = list(classes) if classes is not None else class_folders(root, flag="zero-shot image folder")
         samples = [
             (path, label)
             for label, name in enumerate(self.classes)
@@ -69,13 +79,23 @@ class ImageFolder(Dataset):
         ]
         self.samples = samples[rank::world_size]  # each rank evaluates its own shard
         self.transform = transform
+        self.decoder = SampleDecoder(
+            preprocess=transform, tokenizer=None, bounds=image_bounds_of(transform), skipped=SkipCounter(rows=len(self))
+        )
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        return self.transform(load_image(path)), label
+        image = self.decoder.image_file(str(path), where=f"zero-shot image {index}", row=index)
+        return None if image is None else (self.transform(image), label)
+
+
+def _usable(batch: list) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Collate the samples that could be read (None: none of the batch could)."""
+    batch = [sample for sample in batch if sample is not None]
+    return default_collate(batch) if batch else None
 
 
 def _listed(items: list[str]) -> str:
@@ -148,7 +168,7 @@ def zero_shot_sets(
     }
 
 
-def check_imagenet_folders(folders: list[str], *, root: str) -> None:
+def check_imagenet_folders(folders: list[str], *, root: str, flag: str = "--imagenet-val", hint: str = "") -> None:
     """--imagenet-val must hold exactly ImageNet-1k's 1000 wnid folders (a folder may be empty)."""
     wnids = imagenet_wnids()
     known, present = set(wnids), set(folders)
@@ -158,9 +178,32 @@ def check_imagenet_folders(folders: list[str], *, root: str) -> None:
         parts = [f"{len(strangers)} folders are not ImageNet-1k wnids: {_listed(strangers)}"] if strangers else []
         parts += [f"{len(missing)} wnids have no folder: {_listed(missing)}"] if missing else []
         raise ValueError(
-            f"--imagenet-val {root} is not ImageNet-1k in ImageFolder layout (one folder per WordNet id, "
-            f"{wnids[0]} ... {wnids[-1]}, images inside): {'; '.join(parts)}"
+            f"{flag} {root} is not ImageNet-1k in ImageFolder layout (one folder per WordNet id, "
+            f"{wnids[0]} ... {wnids[-1]}, images inside){hint}: {'; '.join(parts)}"
         )
+
+
+def imagenet_v2_classes(root: str) -> tuple[str, list[str]]:
+    """(image folder, its class folders in label order) of --imagenet-v2: open_clip's folder (holding
+    ImageNetV2-matched-frequency/), ImageNet-V2's class-index folders 0..999, or ImageNet's 1000 wnid folders."""
+    path = Path(root)
+    if (path / IMAGENET_V2_FOLDER).is_dir():
+        path = path / IMAGENET_V2_FOLDER
+    folders = class_folders(path, flag="--imagenet-v2")
+    numbered = [str(index) for index in range(len(imagenet_wnids()))]
+    if set(folders) == set(numbered):
+        return str(path), numbered
+    hint = f", nor ImageNet-V2's class folders 0 ... {numbered[-1]}, nor a folder holding {IMAGENET_V2_FOLDER}/"
+    if folders and all(folder.isdigit() for folder in folders):
+        missing = [n for n in numbered if n not in set(folders)]
+        beyond = [f for f in folders if f not in set(numbered)]
+        parts = [f"class folders missing: {_listed(missing)}"] if missing else []
+        parts += [f"beyond 0 ... {numbered[-1]}: {_listed(beyond)}"] if beyond else []
+        raise ValueError(
+            f"--imagenet-v2 {root} is not ImageNet-V2's layout (class folders 0 ... 999): {'; '.join(parts)}"
+        )
+    check_imagenet_folders(folders, root=root, flag="--imagenet-v2", hint=hint)
+    return str(path), folders
 
 
 def imagenet_sets(languages: str | None) -> dict[str, ZeroShotSet]:
@@ -179,22 +222,35 @@ def imagenet_sets(languages: str | None) -> dict[str, ZeroShotSet]:
     return {lang: ZeroShotSet(p.classnames, p.templates, p.class_indices) for lang, p in packs.items()}
 
 
-ZeroShotPlan = dict[str, tuple[str, dict[str, ZeroShotSet]]]  # {result key: (image folder, {language: set})}
+@dataclass(frozen=True)
+class ZeroShotTask:
+    """One evaluation set: its image folder, a classifier per language, and the class folders in label order."""
+
+    root: str
+    sets: dict[str, ZeroShotSet]
+    classes: list[str] | None = None  # None: the sub-folders of root sorted by name
+
+
+ZeroShotPlan = dict[str, ZeroShotTask]  # {result key: task}
 
 
 def zero_shot_plan(cfg: EvalConfig) -> ZeroShotPlan:
-    """{result key: (folder, sets)} of the configured evaluations. Cheap (no image is read): main() calls it at
-    start-up so that bad class names or languages fail before training, not after the first epoch."""
+    """{result key: task} of the configured evaluations. Cheap (no image is read): main() calls it at start-up so
+    that bad folders, class names or languages fail before training, not after the first epoch."""
     plan = {}
     if cfg.zeroshot_data:
         if not (cfg.zeroshot_classnames and cfg.zeroshot_templates):
             raise ValueError("--zeroshot-data needs --zeroshot-classnames FILE and --zeroshot-templates FILE")
         folders = class_folders(cfg.zeroshot_data, flag="--zeroshot-data")
         files = (cfg.zeroshot_classnames, cfg.zeroshot_templates, cfg.zeroshot_languages)
-        plan["zeroshot"] = (cfg.zeroshot_data, zero_shot_sets(*files, folders=folders, data_dir=cfg.zeroshot_data))
+        sets = zero_shot_sets(*files, folders=folders, data_dir=cfg.zeroshot_data)
+        plan["zeroshot"] = ZeroShotTask(cfg.zeroshot_data, sets)
     if cfg.imagenet_val:
         check_imagenet_folders(class_folders(cfg.imagenet_val, flag="--imagenet-val"), root=cfg.imagenet_val)
-        plan["imagenet"] = (cfg.imagenet_val, imagenet_sets(cfg.zeroshot_languages))
+        plan["imagenet"] = ZeroShotTask(cfg.imagenet_val, imagenet_sets(cfg.zeroshot_languages))
+    if cfg.imagenet_v2:
+        root, classes = imagenet_v2_classes(cfg.imagenet_v2)
+        plan["imagenet-v2"] = ZeroShotTask(root, imagenet_sets(cfg.zeroshot_languages), classes)
     return plan
 
 
@@ -238,7 +294,10 @@ def evaluate_sets(
     label_maps = [_label_map(s.labels, len(dataset.classes), where) for s in sets.values()]
     counts = torch.zeros(len(sets), 3, device=where)  # (languages, [top-1 hits, top-5 hits, images])
     total = torch.zeros(1, device=where)
-    for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
+    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_usable):
+        if batch is None:
+            continue
+        images, labels = batch
         with placement.autocast():
             features = model.encode_image(placement.images(images), normalize=True).float()  # (batch, dim)
         labels = labels.to(where)
@@ -246,8 +305,10 @@ def evaluate_sets(
             counts[i] += _hits(features, classifier, label_map[labels])
         total += len(labels)
         device.mark_step()
-    all_reduce_sum(counts, world), all_reduce_sum(total, world)
-    return _metrics(sets, counts.cpu(), int(total.item()))
+    skipped = torch.tensor([dataset.decoder.skipped.by_reason().get(r, 0) for r in SAMPLE_REASONS], device=where)
+    all_reduce_sum(counts, world), all_reduce_sum(total, world), all_reduce_sum(skipped, world)
+    skips = {f"skipped_{r}": int(n) for r, n in zip(SAMPLE_REASONS, skipped.tolist()) if n}
+    return {**_metrics(sets, counts.cpu(), int(total.item())), "skipped_samples": sum(skips.values()), **skips}
 
 
 def _metrics(sets: dict[str, ZeroShotSet], counts: torch.Tensor, total: int) -> dict:
@@ -268,10 +329,10 @@ def zero_shot(
 ) -> dict[str, dict]:
     """Results per evaluation set of `plan` (from `zero_shot_plan`), each rank on its shard of the images."""
     results = {}
-    for key, (root, sets) in plan.items():
-        dataset = ImageFolder(root, preprocess, rank=world.rank, world_size=world.world_size)
+    for key, task in plan.items():
+        dataset = ImageFolder(task.root, preprocess, classes=task.classes, rank=world.rank, world_size=world.world_size)
         results[key] = evaluate_sets(
-            model, dataset, sets, tokenizer=tokenizer, placement=placement, world=world, workers=workers
+            model, dataset, task.sets, tokenizer=tokenizer, placement=placement, world=world, workers=workers
         )
     return results
 
