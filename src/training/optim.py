@@ -44,9 +44,10 @@ def adam_defaults(*, vit: bool) -> dict[str, float]:
 
 def embedding_names(model: nn.Module) -> set[str]:
     """Embedding tables (every nn.Embedding) and what the towers declare: positional and class embeddings."""
-    names = {f"{module_name}.weight" for module_name, module in model.named_modules() if isinstance(module, nn.Embedding)}
+    names = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Embedding)}
     declared = getattr(model, "no_weight_decay", None)
-    return names | (set(declared()) if declared else set())
+    names |= set(declared()) if declared else set()
+    return names & {name for name, _ in model.named_parameters()}
 
 
 def no_decay_names(model: nn.Module, *, embeddings: bool = False) -> set[str]:
@@ -119,7 +120,5 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig, *, device: Device, mode
     defaults = adam_defaults(vit=uses_vit_defaults(model_name, model.cfg))
     hp = {**defaults, **{k: v for k, v in given.items() if v is not None}}
     lrs = tower_lrs(model, cfg, lr=hp["lr"])
-    groups = param_groups(
-        model, weight_decay=cfg.wd, lr=hp["lr"], lrs=lrs, no_decay_embeddings=cfg.no_decay_embeddings
-    )
+    groups = param_groups(model, weight_decay=cfg.wd, lr=hp["lr"], lrs=lrs, no_decay_embeddings=cfg.no_decay_embeddings)
     return device.optimizer(groups, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"])

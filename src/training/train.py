@@ -77,15 +77,17 @@ class _Window:
 
     start: float = field(default_factory=time.perf_counter)
     loss: torch.Tensor | None = None
+    logit_scale: torch.Tensor | None = None  # the log scale the last step's forward passes used
     batches: int = 0
     data_time: float = 0.0
 
-    def add(self, loss: torch.Tensor, batches: int) -> None:
+    def add(self, loss: torch.Tensor, batches: int, *, logit_scale: torch.Tensor) -> None:
         self.loss = loss if self.loss is None else self.loss + loss
+        self.logit_scale = logit_scale
         self.batches += batches
 
 
-def _metrics(model, window: _Window, *, lr: float, batch_size: int, data: DataInfo, ctx: EpochContext) -> dict:
+def _metrics(window: _Window, *, lr: float, batch_size: int, data: DataInfo, ctx: EpochContext) -> dict:
     device = ctx.placement.device
     device.mark_step()  # a lazily built graph must run before its values are read
     device.synchronize()
@@ -93,7 +95,7 @@ def _metrics(model, window: _Window, *, lr: float, batch_size: int, data: DataIn
     return {
         "loss": (window.loss / max(window.batches // ctx.accum_freq, 1)).item(),
         "lr": lr,
-        "logit_scale": unwrap(model).logit_scale.exp().item(),
+        "logit_scale": window.logit_scale.exp().item(),  # as open_clip_train logs it: the step's, before the update
         "samples_per_s": window.batches * batch_size * ctx.world.world_size / max(elapsed, 1e-9),
         "data_time": window.data_time,
         **data.skipped.metrics(),  # skipped_samples, skipped_<reason>, unreadable_shards: each counted once
@@ -128,10 +130,13 @@ def train_one_epoch(
         state.epoch_step = index + 1
         if len(micro) == ctx.accum_freq:
             lr = scheduler(state.step)
-            window.add(train_step(model, micro, loss_fn, stepper, placement=ctx.placement), len(micro))
+            scale = unwrap(model).logit_scale.detach().clone()  # a copy: the step changes the parameter in place
+            window.add(
+                train_step(model, micro, loss_fn, stepper, placement=ctx.placement), len(micro), logit_scale=scale
+            )
             micro, state.step = [], state.step + 1
             if state.step % ctx.log_every == 0 or state.epoch_step == data.num_batches:
-                metrics = _metrics(model, window, lr=lr, batch_size=len(images), data=data, ctx=ctx)
+                metrics = _metrics(window, lr=lr, batch_size=len(images), data=data, ctx=ctx)
                 ctx.logger.log("train", metrics, step=state.step, epoch=state.epoch)
                 state.history.append({"step": state.step, "epoch": state.epoch, **metrics})
                 window = _Window()
