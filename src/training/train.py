@@ -18,6 +18,7 @@ from .data import DataInfo
 from .distributed import World
 from .logger import MetricsLogger
 from .placement import Placement
+from .progress import progress_note
 from .rng import set_rng_state
 from .scheduler import Scheduler
 from .stepper import Stepper
@@ -103,6 +104,19 @@ def _metrics(window: _Window, *, lr: float, batch_size: int, data: DataInfo, ctx
     }
 
 
+def _epoch_note(done: int, *, skip: int, total: int, began: float, batch: int) -> str:
+    """The log line's `[samples done/in the epoch (P%), rate, time left]` (open_clip_train's shows the first two), for
+    this rank's batches of `batch` samples; the rate counts the batches trained since `began`, not those skipped."""
+    note = progress_note(
+        done * batch,
+        total * batch,
+        elapsed_s=time.perf_counter() - began,
+        rate_done=(done - skip) * batch,
+        unit="samples",
+    )
+    return f"[{note} in the epoch]"
+
+
 def train_one_epoch(
     model,
     data: DataInfo,
@@ -118,12 +132,14 @@ def train_one_epoch(
     model.train()
     micro: list[tuple[torch.Tensor, torch.Tensor]] = []
     skip, window, tick = state.epoch_step, _Window(), time.perf_counter()
+    began = tick  # of the batches trained here (after a resumed epoch's fast-forward): the rate and time left
     for index, (images, texts) in enumerate(data.dataloader):
         if index < skip:  # fast-forward over batches a resumed checkpoint already trained on
             if index == skip - 1 and state.resume_rng is not None:
                 set_rng_state(state.resume_rng, ctx.placement.device)  # before the next fetch (augmentations)
                 state.resume_rng = None
             window, tick = _Window(), time.perf_counter()
+            began = tick
             continue
         micro.append(ctx.placement.batch(images, texts))
         window.data_time += time.perf_counter() - tick
@@ -137,7 +153,8 @@ def train_one_epoch(
             micro, state.step = [], state.step + 1
             if state.step % ctx.log_every == 0 or state.epoch_step == data.num_batches:
                 metrics = _metrics(window, lr=lr, batch_size=len(images), data=data, ctx=ctx)
-                ctx.logger.log("train", metrics, step=state.step, epoch=state.epoch)
+                note = _epoch_note(state.epoch_step, skip=skip, total=data.num_batches, began=began, batch=len(images))
+                ctx.logger.log("train", metrics, step=state.step, epoch=state.epoch, note=note)
                 state.history.append({"step": state.step, "epoch": state.epoch, **metrics})
                 window = _Window()
             if on_step is not None:
