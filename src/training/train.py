@@ -106,7 +106,7 @@ def _metrics(window: _Window, *, lr: float, batch_size: int, data: DataInfo, ctx
 
 def _epoch_note(done: int, *, skip: int, total: int, began: float, batch: int) -> str:
     """The log line's `[samples done/in the epoch (P%), rate, time left]` (open_clip_train's shows the first two), for
-    this rank's batches of `batch` samples; the rate counts the batches trained since `began`, not those skipped."""
+    steps of `batch` samples over all ranks; the rate counts the batches trained since `began`, not those skipped."""
     note = progress_note(
         done * batch,
         total * batch,
@@ -153,7 +153,8 @@ def train_one_epoch(
             micro, state.step = [], state.step + 1
             if state.step % ctx.log_every == 0 or state.epoch_step == data.num_batches:
                 metrics = _metrics(window, lr=lr, batch_size=len(images), data=data, ctx=ctx)
-                note = _epoch_note(state.epoch_step, skip=skip, total=data.num_batches, began=began, batch=len(images))
+                samples = len(images) * ctx.world.world_size
+                note = _epoch_note(state.epoch_step, skip=skip, total=data.num_batches, began=began, batch=samples)
                 ctx.logger.log("train", metrics, step=state.step, epoch=state.epoch, note=note)
                 state.history.append({"step": state.step, "epoch": state.epoch, **metrics})
                 window = _Window()
