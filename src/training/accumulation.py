@@ -3,8 +3,9 @@
 The contrastive loss couples every sample with every other, so micro-batch losses cannot simply be summed.
 First every micro-batch's features are computed without gradients and cached; then each micro-batch is run
 again with gradients and the loss is computed over all N x B features, its own fresh and the others cached.
-The gradient of pass j is dL/df_j * df_j/dtheta; their sum is the full-batch gradient. The logit scale and bias
-enter every pass, so their gradient is let through in the first pass only.
+The gradient of pass j is dL/df_j * df_j/dtheta; their sum is the full-batch gradient of the towers. The logit
+scale and bias enter every pass with their gradient, as in open_clip_train, so they get N times theirs: AdamW's
+update hardly depends on a gradient's scale, but --grad-clip-norm sees the larger norm (docs/training.md).
 """
 
 from __future__ import annotations
@@ -43,11 +44,7 @@ def accumulated_backward(
             text_features = torch.cat(
                 [fresh["text_features"] if i == j else c["text_features"] for i, c in enumerate(cached)]
             )
-            scale = fresh["logit_scale"] if j == 0 else fresh["logit_scale"].detach()
-            bias = fresh.get("logit_bias")
-            if bias is not None and j > 0:
-                bias = bias.detach()
-            loss = loss_fn(image_features, text_features, scale, bias)
+            loss = loss_fn(image_features, text_features, fresh["logit_scale"], fresh.get("logit_bias"))
         backward(loss)
         loss_value = loss.detach()
     return loss_value

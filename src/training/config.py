@@ -356,7 +356,12 @@ class OptimConfig:
         None, "Adam epsilon (default 1e-6 if the model name has 'vit', as open_clip, else 1e-8)", valid=POSITIVE
     )
     wd: float = flag(
-        0.2, "weight decay (not applied to gains, biases, embeddings and the logit scale)", valid=NON_NEGATIVE
+        0.2,
+        "weight decay (as open_clip: not on parameters under 2-d, nor on names with bn, ln, bias, logit_scale)",
+        valid=NON_NEGATIVE,
+    )
+    no_decay_embeddings: bool = flag(
+        False, "no weight decay on embedding tables and positional/class embeddings either (open_clip decays them)"
     )
     grad_clip_norm: float | None = flag(
         None, "clip the global gradient norm to this value (omit it for no clipping)", valid=POSITIVE

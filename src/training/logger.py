@@ -57,11 +57,12 @@ class MetricsLogger:
 
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
-    def log(self, prefix: str, metrics: dict[str, float], *, step: int, epoch: int) -> None:
+    def log(self, prefix: str, metrics: dict[str, float], *, step: int, epoch: int, note: str = "") -> None:
+        """`note` goes on the console line only (the training progress), not into the metrics."""
         if self.run_dir is None:
             return
         shown = " | ".join(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items())
-        log.info("%s epoch %d step %d | %s", prefix, epoch, step, shown)
+        log.info("%s epoch %d step %d%s | %s", prefix, epoch, step, f" {note}" if note else "", shown)
         self.jsonl.write(json.dumps({"split": prefix, "epoch": epoch, "step": step, **metrics}) + "\n")
         self.jsonl.flush()
         if self.writer is not None:

@@ -1,5 +1,7 @@
-"""AdamW with open_clip's defaults, no weight decay on gains, biases, embeddings and the logit scale, and learning
-rates per tower (--lr-image, --lr-text) with optional layer-wise decay (--layer-decay-image, --layer-decay-text)."""
+"""AdamW as open_clip_train builds it: its defaults, its weight-decay groups (no decay on parameters under 2-d and on
+names with "bn", "ln", "bias" or "logit_scale"), plus learning rates per tower (--lr-image, --lr-text), optional
+layer-wise decay (--layer-decay-image, --layer-decay-text) and, opt-in, no decay on embeddings
+(--no-decay-embeddings)."""
 
 from __future__ import annotations
 
@@ -11,16 +13,17 @@ from open_mclip.config import ModelConfig, TimmConfig, ViTConfig
 from .config import OptimConfig
 from .devices import Device
 
+# open_mclip's own architectures (model_configs/mclip-*.json): their names do not say the tower type
+OWN_ARCHITECTURE_PREFIX = "mclip-"
+# open_clip_train's main.py: substrings of a parameter name that exclude it from weight decay
+NO_DECAY_SUBSTRINGS = ("bn", "ln", "bias", "logit_scale")
+
 
 def has_vit_image_tower(cfg: ModelConfig) -> bool:
     """Whether the architecture's image tower is a vision transformer, by its declared type: ours ("vit"), or a
     timm trunk of timm's ViT family (`vit_*`, as the SigLIP trunks are)."""
     vision = cfg.vision
     return isinstance(vision, ViTConfig) or (isinstance(vision, TimmConfig) and vision.model_name.startswith("vit_"))
-
-
-# open_mclip's own architectures (model_configs/mclip-*.json): their names do not say the tower type
-OWN_ARCHITECTURE_PREFIX = "mclip-"
 
 
 def uses_vit_defaults(model_name: str, cfg: ModelConfig) -> bool:
@@ -39,14 +42,20 @@ def adam_defaults(*, vit: bool) -> dict[str, float]:
     return {"lr": 5.0e-4, "beta1": 0.9, "beta2": 0.999, "eps": 1.0e-8}
 
 
-def no_decay_names(model: nn.Module) -> set[str]:
-    """1-d parameters (gains, biases, scales), embedding tables, and what the towers declare."""
-    names = {n for n, p in model.named_parameters() if p.ndim < 2}
-    for module_name, module in model.named_modules():
-        if isinstance(module, nn.Embedding):
-            names.add(f"{module_name}.weight")
+def embedding_names(model: nn.Module) -> set[str]:
+    """Embedding tables (every nn.Embedding) and what the towers declare: positional and class embeddings."""
+    names = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Embedding)}
     declared = getattr(model, "no_weight_decay", None)
-    return names | (set(declared()) if declared else set())
+    names |= set(declared()) if declared else set()
+    return names & {name for name, _ in model.named_parameters()}
+
+
+def no_decay_names(model: nn.Module, *, embeddings: bool = False) -> set[str]:
+    """The parameters open_clip_train does not decay: under 2-d (gains, biases, scales) or named with "bn", "ln",
+    "bias" or "logit_scale". Our names are open_clip's (CustomTextCLIP layout; its CLIP layout only drops "text."),
+    so the name test picks the same parameters. `embeddings` adds `embedding_names` (--no-decay-embeddings)."""
+    names = {n for n, p in model.named_parameters() if p.ndim < 2 or any(s in n for s in NO_DECAY_SUBSTRINGS)}
+    return names | (embedding_names(model) if embeddings else set())
 
 
 def layer_scales(tower: nn.Module, decay: float) -> dict[int, float]:
@@ -80,14 +89,19 @@ def tower_lrs(model: nn.Module, cfg: OptimConfig, *, lr: float) -> dict[int, flo
 
 
 def param_groups(
-    model: nn.Module, *, weight_decay: float, lr: float = 0.0, lrs: dict[int, float] | None = None
+    model: nn.Module,
+    *,
+    weight_decay: float,
+    lr: float = 0.0,
+    lrs: dict[int, float] | None = None,
+    no_decay_embeddings: bool = False,
 ) -> list[dict]:
-    """One group per (peak lr, weight decay): matrices are decayed, the rest not; frozen parameters are left out.
+    """One group per (peak lr, weight decay), decay as `no_decay_names` says; frozen parameters are left out.
 
     `lrs` maps id(parameter) to its peak lr (default `lr` for all, giving the two groups open_clip has). Each group
     carries `base_lr`, the peak the scheduler scales.
     """
-    skip, lrs = no_decay_names(model), lrs or {}
+    skip, lrs = no_decay_names(model, embeddings=no_decay_embeddings), lrs or {}
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -103,9 +117,8 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig, *, device: Device, mode
     if cfg.opt != "adamw":
         raise ValueError(f"--opt {cfg.opt} is not supported; use adamw")
     given = {"lr": cfg.lr, "beta1": cfg.beta1, "beta2": cfg.beta2, "eps": cfg.eps}
-    hp = {
-        **adam_defaults(vit=uses_vit_defaults(model_name, model.cfg)),
-        **{k: v for k, v in given.items() if v is not None},
-    }
-    groups = param_groups(model, weight_decay=cfg.wd, lr=hp["lr"], lrs=tower_lrs(model, cfg, lr=hp["lr"]))
+    defaults = adam_defaults(vit=uses_vit_defaults(model_name, model.cfg))
+    hp = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    lrs = tower_lrs(model, cfg, lr=hp["lr"])
+    groups = param_groups(model, weight_decay=cfg.wd, lr=hp["lr"], lrs=lrs, no_decay_embeddings=cfg.no_decay_embeddings)
     return device.optimizer(groups, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"])

@@ -19,6 +19,7 @@ from .distributed import World
 from .divergence import DivergenceGuard
 from .logger import MetricsLogger
 from .placement import Placement
+from .progress import progress_note
 from .rng import set_rng_state
 from .scheduler import Scheduler
 from .stepper import Stepper
@@ -88,15 +89,17 @@ class _Window:
 
     start: float = field(default_factory=time.perf_counter)
     loss: torch.Tensor | None = None
+    logit_scale: torch.Tensor | None = None  # the log scale the last step's forward passes used
     batches: int = 0
     data_time: float = 0.0
 
-    def add(self, loss: torch.Tensor, batches: int) -> None:
+    def add(self, loss: torch.Tensor, batches: int, *, logit_scale: torch.Tensor) -> None:
         self.loss = loss if self.loss is None else self.loss + loss
+        self.logit_scale = logit_scale
         self.batches += batches
 
 
-def _metrics(model, window: _Window, *, lr: float, batch_size: int, data: DataInfo, ctx: EpochContext) -> dict:
+def _metrics(window: _Window, *, lr: float, batch_size: int, data: DataInfo, ctx: EpochContext) -> dict:
     device = ctx.placement.device
     device.mark_step()  # a lazily built graph must run before its values are read
     device.synchronize()
@@ -104,12 +107,25 @@ def _metrics(model, window: _Window, *, lr: float, batch_size: int, data: DataIn
     return {
         "loss": (window.loss / max(window.batches // ctx.accum_freq, 1)).item(),
         "lr": lr,
-        "logit_scale": unwrap(model).logit_scale.exp().item(),
+        "logit_scale": window.logit_scale.exp().item(),  # as open_clip_train logs it: the step's, before the update
         "samples_per_s": window.batches * batch_size * ctx.world.world_size / max(elapsed, 1e-9),
         "data_time": window.data_time,
         **data.skipped.metrics(),  # skipped_samples, skipped_<reason>, unreadable_shards: each counted once
         **device.memory_stats(),
     }
+
+
+def _epoch_note(done: int, *, skip: int, total: int, began: float, batch: int) -> str:
+    """The log line's `[samples done/in the epoch (P%), rate, time left]` (open_clip_train's shows the first two), for
+    steps of `batch` samples over all ranks; the rate counts the batches trained since `began`, not those skipped."""
+    note = progress_note(
+        done * batch,
+        total * batch,
+        elapsed_s=time.perf_counter() - began,
+        rate_done=(done - skip) * batch,
+        unit="samples",
+    )
+    return f"[{note} in the epoch]"
 
 
 def train_one_epoch(
@@ -127,25 +143,31 @@ def train_one_epoch(
     model.train()
     micro: list[tuple[torch.Tensor, torch.Tensor]] = []
     skip, window, tick = state.epoch_step, _Window(), time.perf_counter()
+    began = tick  # of the batches trained here (after a resumed epoch's fast-forward): the rate and time left
     for index, (images, texts) in enumerate(data.dataloader):
         if index < skip:  # fast-forward over batches a resumed checkpoint already trained on
             if index == skip - 1 and state.resume_rng is not None:
                 set_rng_state(state.resume_rng, ctx.placement.device)  # before the next fetch (augmentations)
                 state.resume_rng = None
             window, tick = _Window(), time.perf_counter()
+            began = tick
             continue
         micro.append(ctx.placement.batch(images, texts))
         window.data_time += time.perf_counter() - tick
         state.epoch_step = index + 1
         if len(micro) == ctx.accum_freq:
             lr = scheduler(state.step)
-            window.add(train_step(model, micro, loss_fn, stepper, placement=ctx.placement, guard=ctx.guard), len(micro))
+            scale = unwrap(model).logit_scale.detach().clone()  # a copy: the step changes the parameter in place
+            step_loss = train_step(model, micro, loss_fn, stepper, placement=ctx.placement, guard=ctx.guard)
+            window.add(step_loss, len(micro), logit_scale=scale)
             micro, state.step = [], state.step + 1
             logging_step = state.step % ctx.log_every == 0 or state.epoch_step == data.num_batches
             if logging_step:
-                metrics = _metrics(model, window, lr=lr, batch_size=len(images), data=data, ctx=ctx)
+                metrics = _metrics(window, lr=lr, batch_size=len(images), data=data, ctx=ctx)
                 metrics |= ctx.guard.read(step=state.step) if ctx.guard is not None else {}
-                ctx.logger.log("train", metrics, step=state.step, epoch=state.epoch)
+                samples = len(images) * ctx.world.world_size
+                note = _epoch_note(state.epoch_step, skip=skip, total=data.num_batches, began=began, batch=samples)
+                ctx.logger.log("train", metrics, step=state.step, epoch=state.epoch, note=note)
                 state.history.append({"step": state.step, "epoch": state.epoch, **metrics})
                 window = _Window()
             may_save = ctx.guard is None or ctx.guard.check(step=state.step, read=logging_step)

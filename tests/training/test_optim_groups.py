@@ -152,13 +152,28 @@ def test_adam_defaults_are_open_clips_for_its_names_and_by_declared_tower_for_ou
     assert optimizer.defaults["betas"] == (0.9, 0.95) and optimizer.defaults["eps"] == 1e-7  # flags win
 
 
-def test_no_weight_decay_on_gains_biases_embeddings_and_scale():
+def test_weight_decay_groups_are_open_clips_and_the_flag_adds_embeddings():
+    """open_clip_train's rule: no decay under 2-d or on names with bn, ln, bias, logit_scale, so embedding tables and
+    positional embeddings are decayed; --no-decay-embeddings adds those (the class embedding is 1-d either way)."""
     model = open_mclip.CLIP(open_mclip.model_config("mclip-tiny"))
+    embeddings = {"text.token_embedding.weight", "text.positional_embedding", "visual.positional_embedding"}
+    always = {"logit_scale", "visual.class_embedding", "visual.ln_pre.weight"}
+    always |= {"visual.transformer.resblocks.0.attn.in_proj_bias", "visual.transformer.resblocks.0.ln_1.weight"}
     skip = no_decay_names(model)
-    expected = "logit_scale text.token_embedding.weight text.positional_embedding visual.class_embedding"
-    expected += " visual.positional_embedding visual.ln_pre.weight visual.transformer.resblocks.0.attn.in_proj_bias"
-    assert set(expected.split()) <= skip
+    assert always <= skip and not embeddings & skip
     assert "visual.transformer.resblocks.0.attn.in_proj_weight" not in skip
+    assert no_decay_names(model, embeddings=True) == skip | embeddings
     groups = param_groups(model, weight_decay=0.2)
     assert groups[0]["weight_decay"] == 0.0 and groups[1]["weight_decay"] == 0.2
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_no_decay_embeddings_flag_reaches_the_optimizer():
+    model = open_mclip.CLIP(open_mclip.model_config("mclip-tiny"))
+    cfg = parse_args(["--no-decay-embeddings", "--wd", "0.1"]).optim
+    optimizer = create_optimizer(model, cfg, device=get_device("cpu"), model_name="mclip-tiny")
+    undecayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert id(model.text.token_embedding.weight) in undecayed and id(model.visual.positional_embedding) in undecayed
+    optimizer = _create(model, wd=0.1)
+    undecayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert id(model.text.token_embedding.weight) not in undecayed

@@ -51,7 +51,9 @@ class Evaluator:
         evaluation-only run) runs every evaluation whose frequency is not 0."""
         results = {}
         if self.val is not None and due(self.cfg.val_frequency, epoch=epoch, final=final) and self.world.is_master:
-            results["val"] = validate(model, self.val.dataloader, self.loss, placement=self.placement)
+            results["val"] = validate(
+                model, self.val.dataloader, self.loss, placement=self.placement, total_batches=self.val.num_batches
+            )
             results["val"].update(self.val.skipped.metrics())  # each bad sample once, however many passes
         if self.plan and due(self.cfg.zeroshot_frequency, epoch=epoch, final=final):
             results.update(

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from ..placement import Placement
+from ..progress import Progress
 
 RECALL_AT = (1, 5, 10)
 
@@ -88,12 +89,14 @@ def retrieval_table(metrics: dict) -> str:
 
 
 @torch.no_grad()
-def validate(model, dataloader, loss_fn, *, placement: Placement) -> dict[str, float]:
+def validate(model, dataloader, loss_fn, *, placement: Placement, total_batches: int | None = None) -> dict[str, float]:
     """Mean contrastive loss over validation batches and retrieval recall over the whole set, plus recall per
     language (see ``language_recall``) when the loader's batches carry language tags, ``(images, texts, langs)``.
+    Progress is logged against `total_batches` (None or 0: a stream of unknown length).
     """
     model.eval()
     images_out, texts_out, langs, loss_sum, batches = [], [], [], 0.0, 0
+    progress = Progress("validation", total=total_batches or None)
     for images, texts, *tags in dataloader:
         langs += tags[0] if tags else [""] * len(images)
         images, texts = placement.batch(images, texts)
@@ -102,6 +105,7 @@ def validate(model, dataloader, loss_fn, *, placement: Placement) -> dict[str, f
             loss = loss_fn(image_features, text_features, scale, *bias)
         loss_sum += loss.item()
         batches += 1
+        progress.update(batches)
         images_out.append(image_features.float().cpu())
         texts_out.append(text_features.float().cpu())
     if not batches:

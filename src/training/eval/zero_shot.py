@@ -37,11 +37,13 @@ from ..data.info import SAMPLE_REASONS, SkipCounter
 from ..data.samples import SampleDecoder
 from ..distributed import World, all_reduce_sum
 from ..placement import Placement
+from ..progress import Progress
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 LISTED = 10  # names shown in an error before "... (N in all)"
 IMAGENET_V2_FOLDER = "ImageNetV2-matched-frequency"  # where open_clip's ImageNetV2Dataset(location=DIR) looks
+CLASSES_PER_CALL = 100  # classes per classifier call between progress updates (a multiple of the library's 10)
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,26 @@ def _hits(features: torch.Tensor, classifier: torch.Tensor, target: torch.Tensor
     return torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), (target >= 0).sum()]).float()
 
 
+def _classifiers(model, sets: dict[str, ZeroShotSet], *, tokenizer, placement: Placement, progress: Progress) -> list:
+    """(dim, classes) float32 classifier per language, built `CLASSES_PER_CALL` classes at a time so that
+    `progress` can follow (ImageNet: 1000 classes x 80 templates); a class's column depends on its prompts only, and
+    a multiple of the library's 10 classes per batch gives the same batches, so the weights are the same."""
+    classifiers, done = [], 0
+    for zs_set in sets.values():
+        columns = []
+        for start in range(0, len(zs_set.classnames), CLASSES_PER_CALL):
+            names = zs_set.classnames[start : start + CLASSES_PER_CALL]
+            with placement.autocast():
+                weights = build_zero_shot_classifier(
+                    model, tokenizer, names, zs_set.templates, device=placement.device.torch_device
+                )
+            columns.append(weights.float())
+            done += len(names)
+            progress.update(done)
+        classifiers.append(torch.cat(columns, dim=1))
+    return classifiers
+
+
 @torch.no_grad()
 def evaluate_sets(
     model,
@@ -281,30 +303,32 @@ def evaluate_sets(
     world: World,
     workers: int = 2,
     batch_size: int = 256,
+    name: str = "zero-shot",
 ) -> dict:
-    """Top-1/top-5 accuracy per language over the images of all ranks' shards of `dataset`."""
+    """Top-1/top-5 accuracy per language over the images of all ranks' shards of `dataset`; rank 0 logs the progress
+    of the classifiers and of its images under `name`."""
     model.eval()
     device = placement.device
     where = device.torch_device
-    with placement.autocast():
-        classifiers = [
-            build_zero_shot_classifier(model, tokenizer, s.classnames, s.templates, device=where).float()
-            for s in sets.values()
-        ]
+    all_classes = sum(len(s.classnames) for s in sets.values())
+    classes = Progress(f"{name} classifiers", total=all_classes, unit="classes", enabled=world.is_master)
+    classifiers = _classifiers(model, sets, tokenizer=tokenizer, placement=placement, progress=classes)
     label_maps = [_label_map(s.labels, len(dataset.classes), where) for s in sets.values()]
     counts = torch.zeros(len(sets), 3, device=where)  # (languages, [top-1 hits, top-5 hits, images])
     total = torch.zeros(1, device=where)
-    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_usable):
-        if batch is None:
-            continue
-        images, labels = batch
-        with placement.autocast():
-            features = model.encode_image(placement.images(images), normalize=True).float()  # (batch, dim)
-        labels = labels.to(where)
-        for i, (classifier, label_map) in enumerate(zip(classifiers, label_maps)):
-            counts[i] += _hits(features, classifier, label_map[labels])
-        total += len(labels)
-        device.mark_step()
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_usable)
+    progress = Progress(f"{name} images", total=len(loader), enabled=world.is_master)
+    for done, batch in enumerate(loader, start=1):
+        if batch is not None:  # None: no image of the batch could be read
+            images, labels = batch
+            with placement.autocast():
+                features = model.encode_image(placement.images(images), normalize=True).float()  # (batch, dim)
+            labels = labels.to(where)
+            for i, (classifier, label_map) in enumerate(zip(classifiers, label_maps)):
+                counts[i] += _hits(features, classifier, label_map[labels])
+            total += len(labels)
+            device.mark_step()
+        progress.update(done)
     skipped = torch.tensor([dataset.decoder.skipped.by_reason().get(r, 0) for r in SAMPLE_REASONS], device=where)
     all_reduce_sum(counts, world), all_reduce_sum(total, world), all_reduce_sum(skipped, world)
     skips = {f"skipped_{r}": int(n) for r, n in zip(SAMPLE_REASONS, skipped.tolist()) if n}
@@ -332,7 +356,14 @@ def zero_shot(
     for key, task in plan.items():
         dataset = ImageFolder(task.root, preprocess, classes=task.classes, rank=world.rank, world_size=world.world_size)
         results[key] = evaluate_sets(
-            model, dataset, task.sets, tokenizer=tokenizer, placement=placement, world=world, workers=workers
+            model,
+            dataset,
+            task.sets,
+            tokenizer=tokenizer,
+            placement=placement,
+            world=world,
+            workers=workers,
+            name=f"zero-shot ({key})",
         )
     return results
 
