@@ -135,10 +135,22 @@ def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> None:
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise OSError(err.errno, f"could not write checkpoint {path}: {err.strerror or err}") from err
+        cause = _os_error_in(err)  # torch's zip writer turns ENOSPC into a RuntimeError ("unexpected pos")
+        if cause is not None:
+            raise OSError(cause.errno, f"could not write checkpoint {path}: {cause.strerror or cause}") from err
         raise
     log.info("saved checkpoint %s (epoch %d, step %d)", path, state["epoch"], state["step"])
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The OSError `err` is, or was raised while handling (its __cause__/__context__ chain), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _write_json_atomic(path: Path, value: Any) -> None:
