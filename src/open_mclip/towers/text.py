@@ -10,6 +10,8 @@ tokens), the context is 77, and one long caption no longer makes the whole batch
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -65,7 +67,7 @@ class PaddingFree:
         ]
 
 
-def run_groups(groups: Groups, encode, *tensors: torch.Tensor) -> torch.Tensor:
+def run_groups(groups: Groups, encode: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
     """`encode(*tensors cut to a group's rows and length)` per group, the results back in the batch's order."""
     if len(groups) == 1 and groups[0][0] is None:
         length = groups[0][1]
