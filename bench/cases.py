@@ -30,6 +30,26 @@ CAPTIONS = [
     "草の上の小さな犬の写真",
     "一只猫在沙发上的照片",
 ]
+# the languages of the real captions the model cases encode: Latin, Cyrillic, Arabic, Devanagari, Han, Kana, Hangul
+CAPTION_LANGUAGES = "EN DE FR ES IT PT PL TR VI RU UK AR HI ZH JA KO".split()
+
+
+def real_captions(count: int) -> list[str]:
+    """`count` real multilingual captions, cycling through CAPTION_LANGUAGES: clip_benchmark's NLLB image prompts
+    around a Babel-ImageNet class name of the same language (4 to 46 CLIP tokens, most under 20)."""
+    import json
+
+    import open_clip
+
+    folder = Path(open_clip.__file__).resolve().parent.parent / "clip_benchmark" / "datasets"
+    prompts = json.loads((folder / "nllb_dist13b_prompts.json").read_text(encoding="utf-8"))
+    names = json.loads((folder / "babel_imagenet.json").read_text(encoding="utf-8"))
+    captions = []
+    for i in range(count):
+        lang = CAPTION_LANGUAGES[i % len(CAPTION_LANGUAGES)]
+        templates, classes = prompts[lang], names[lang][1]
+        captions.append(templates[(i * 7) % len(templates)].replace("{}", classes[(i * 37) % len(classes)]))
+    return captions
 
 
 def _configs(model: str | None, config: dict | None) -> dict:
@@ -48,8 +68,11 @@ def _configs(model: str | None, config: dict | None) -> dict:
     return found
 
 
-def build_models(sides: tuple[str, ...], *, model: str | None, config: dict | None, device: str) -> dict[str, Any]:
-    """Both libraries' CLIP for one architecture; ours holds the reference's weights when both are built."""
+def build_models(
+    sides: tuple[str, ...], *, model: str | None, config: dict | None, device: str, padding_free: bool = True
+) -> dict[str, Any]:
+    """Both libraries' CLIP for one architecture; ours holds the reference's weights when both are built.
+    `padding_free=False` makes ours run the full context as open_clip does (to measure what trimming buys)."""
     import open_clip
 
     from open_mclip import CLIP, ModelConfig, from_open_clip
@@ -64,12 +87,13 @@ def build_models(sides: tuple[str, ...], *, model: str | None, config: dict | No
         ours = CLIP(ModelConfig.from_dict(cfg, source=model or "bench config"))
         if REFERENCE in built:
             load_state_dict_strict(ours, from_open_clip(built[REFERENCE].state_dict()), source="open_clip weights")
+        ours.text.set_padding_free(padding_free)
         built[OURS] = ours
     return {side: m.to(device) for side, m in built.items()}
 
 
 def _inputs(cfg: dict, batch_size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of random images at the model's size and real multilingual captions, CLIP-tokenized."""
+    """A batch of random images at the model's size and real multilingual captions (`real_captions`), CLIP-tokenized."""
     import open_clip
 
     size = cfg["vision_cfg"].get("image_size", 224)
@@ -77,7 +101,7 @@ def _inputs(cfg: dict, batch_size: int, device: str) -> tuple[torch.Tensor, torc
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(batch_size, 3, *size, generator=generator)
     context = cfg.get("text_cfg", {}).get("context_length", 77)
-    texts = open_clip.tokenize([CAPTIONS[i % len(CAPTIONS)] + f" {i}" for i in range(batch_size)], context)
+    texts = open_clip.tokenize(real_captions(batch_size), context)
     return images.to(device), texts.to(device)
 
 
@@ -103,6 +127,7 @@ def train_step(
     batch_size: int = 32,
     precision: str = "fp32",
     device: str = "cpu",
+    padding_free: bool = True,
 ) -> dict[str, Callable[[], torch.Tensor]]:
     """One training step per call: forward both towers, CLIP loss, backward, AdamW (the same optimizer code on
     both sides, so the model and loss are what differ). fp16 `amp` uses a grad scaler, as a trainer would."""
@@ -111,7 +136,7 @@ def train_step(
     from open_mclip.loss import ClipLoss
 
     cfg = _configs(model, config)
-    models = build_models(sides, model=model, config=config, device=device)
+    models = build_models(sides, model=model, config=config, device=device, padding_free=padding_free)
     images, texts = _inputs(cfg, batch_size, device)
     losses = {REFERENCE: open_clip.ClipLoss(), OURS: ClipLoss()}
 
@@ -152,6 +177,30 @@ def encode_images(
     def encode(net: torch.nn.Module) -> torch.Tensor:
         with _autocast(device, precision):
             return _fingerprint(None, net.encode_image(images, normalize=True))
+
+    return {side: functools.partial(encode, net.eval()) for side, net in models.items()}
+
+
+def encode_texts(
+    *,
+    sides: tuple[str, ...],
+    model: str | None = None,
+    config: dict | None = None,
+    batch_size: int = 64,
+    precision: str = "fp32",
+    device: str = "cpu",
+    padding_free: bool = True,
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """Text embeddings of real multilingual captions, in eval mode without gradients (zero-shot classifiers,
+    retrieval); ours padding-free unless `padding_free=False`."""
+    cfg = _configs(model, config)
+    models = build_models(sides, model=model, config=config, device=device, padding_free=padding_free)
+    _, texts = _inputs(cfg, batch_size, device)
+
+    @torch.no_grad()
+    def encode(net: torch.nn.Module) -> torch.Tensor:
+        with _autocast(device, precision):
+            return _fingerprint(None, net.encode_text(texts, normalize=True))
 
     return {side: functools.partial(encode, net.eval()) for side, net in models.items()}
 

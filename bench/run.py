@@ -28,12 +28,25 @@ def _check(precision: str):
     return cases.close_fp32 if precision == "fp32" else cases.close_autocast
 
 
-def _train(model: str, batch_size: int, precision: str, device: str) -> Case:
+def _train(model: str, batch_size: int, precision: str, device: str, *, padding_free: bool = True) -> Case:
+    kwargs = {"model": model, "batch_size": batch_size, "precision": precision, "device": device}
     return Case(
-        name=f"train step {model} b{batch_size} {precision}",
+        name=f"train step {model} b{batch_size} {precision}" + ("" if padding_free else ", ours at full length"),
         builder=f"{_MODELS}:train_step",
-        kwargs={"model": model, "batch_size": batch_size, "precision": precision, "device": device},
+        kwargs={**kwargs, "padding_free": padding_free},
         items=batch_size,
+        check=_check(precision),
+    )
+
+
+def _encode_text(model: str, batch_size: int, precision: str, device: str, *, padding_free: bool = True) -> Case:
+    kwargs = {"model": model, "batch_size": batch_size, "precision": precision, "device": device}
+    return Case(
+        name=f"encode texts {model} b{batch_size} {precision}" + ("" if padding_free else ", ours at full length"),
+        builder=f"{_MODELS}:encode_texts",
+        kwargs={**kwargs, "padding_free": padding_free},
+        items=batch_size,
+        unit="texts",
         check=_check(precision),
     )
 
@@ -78,9 +91,13 @@ def suite(name: str, device: str) -> list[Case]:
         return [
             _train("ViT-B-32", 32, "fp32", device),
             _train("ViT-B-32", 32, "amp_bf16", device),
+            _train("ViT-B-32", 32, "amp_bf16", device, padding_free=False),
             _train("RN50", 16, "fp32", device),
             _encode("ViT-B-32", 64, "fp32", device),
             _encode("ViT-B-32", 64, "amp_bf16", device),
+            _encode_text("ViT-B-32", 64, "fp32", device),
+            _encode_text("ViT-B-32", 64, "amp_bf16", device),
+            _encode_text("ViT-B-32", 64, "fp32", device, padding_free=False),
             _loss("clip", 8192, device),
             _loss("siglip", 4096, device),
             *_host_cases(),
@@ -94,6 +111,7 @@ def suite(name: str, device: str) -> list[Case]:
             _train("ViT-L-14", 64, "amp_bf16", device),
             _train("RN50", 128, "amp_bf16", device),
             _encode("ViT-L-14", 256, "amp_bf16", device),
+            _encode_text("ViT-L-14", 1024, "amp_bf16", device),
             _loss("clip", 32768, device),
             _loss("siglip", 16384, device),
             *_host_cases(),

@@ -6,10 +6,13 @@ the ids that open_clip 3.3.0 gives for the same input, so checkpoints trained wi
 
 from __future__ import annotations
 
+import array
 import gzip
 import html
 import operator
+import re
 import string
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,9 +49,34 @@ _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 # ----------------------------------------------------------------------------------------------- text cleaning
+@lru_cache(maxsize=1)
+def _ftfy_triggers() -> re.Pattern:
+    """The characters one of ftfy's fixers acts on, read from ftfy's own tables: HTML entities (&), C1 controls,
+    Latin ligatures, full/half-width forms, curly quotes, line breaks, surrogates, terminal escapes and the control
+    characters it strips."""
+    from ftfy import chardata
+
+    chars = {"&", "\r", "\x1b", "\u2028", "\u2029"}
+    chars |= {chr(c) for table in (chardata.LIGATURES, chardata.WIDTH_MAP, chardata.CONTROL_CHARS) for c in table}
+    ranges = "\x80-\x9f\ud800-\udfff" + chardata.SINGLE_QUOTE_RE.pattern[1:-1] + chardata.DOUBLE_QUOTE_RE.pattern[1:-1]
+    return re.compile("[" + "".join(re.escape(c) for c in sorted(chars)) + ranges + "]")
+
+
+def _ftfy_leaves_alone(text: str) -> bool:
+    """True when ftfy.fix_text(text) is text itself: no character a fixer acts on, no mojibake by ftfy's own
+    test (`is_bad`), already NFC. Most captions pass, and skip ftfy's dozen passes over the string (3/4 of the
+    tokenizer's time); `tests/library/test_tokenizer_speed.py` checks the claim against ftfy on a large corpus."""
+    if _ftfy_triggers().search(text):
+        return False
+    if not text.isascii() and ftfy.badness.is_bad(text):
+        return False
+    return unicodedata.is_normalized("NFC", text)
+
+
 def fix_text(text: str) -> str:
     """Repair mojibake with ftfy and undo (double) HTML escaping, as CLIP's web captions were cleaned."""
-    text = ftfy.fix_text(text)
+    if not _ftfy_leaves_alone(text):
+        text = ftfy.fix_text(text)
     return html.unescape(html.unescape(text)).strip()
 
 
@@ -292,16 +320,19 @@ class ClipTokenizer:
         batch = _as_batch(texts)
         length = self.context_length if context_length is None else _check_context_length(context_length)
         sot, eot = self.sot_token_id, self.eot_token_id
-        rows = []
+        flat, lengths = array.array("q"), []  # the rows unpadded, end to end: one C copy into the tensor below
         for text in batch:
             ids = [sot, *self.encode(text), eot]
             if len(ids) > length:
                 ids = ids[:length]
                 ids[-1] = eot
-            rows.append(ids + [0] * (length - len(ids)))
-        if not rows:
-            return torch.zeros((0, length), dtype=torch.long)
-        return torch.tensor(rows, dtype=torch.long)  # (batch, context_length)
+            flat.extend(ids)
+            lengths.append(len(ids))
+        out = torch.zeros((len(batch), length), dtype=torch.long)  # (batch, context_length), 0 pads
+        if flat:
+            real = torch.arange(length) < torch.tensor(lengths).unsqueeze(1)  # (batch, context_length)
+            out[real] = torch.frombuffer(flat, dtype=torch.long)  # row-major, as the rows were appended
+        return out
 
 
 class SimpleTokenizer(ClipTokenizer):

@@ -242,11 +242,14 @@ def test_custom_text_clip_loads_strictly_and_exports_back(xlmr_dir, batch, tmp_p
 def test_mean_and_max_never_see_padding(xlmr_dir, batch, xlmr_tokenizer, pooler):
     ours = HFTextTower(HFTextConfig(model_name=xlmr_dir, pooler_type=pooler, proj_type="none"), embed_dim=64).eval()
     padded = batch == xlmr_tokenizer.pad_token_id  # (batch, tokens)
+    poisoned_pads = []
 
     def poison(module, args, kwargs, out):  # huge values and NaNs where the tokens are padding
         hidden = out.last_hidden_state.clone()
-        hidden[padded] = 1e6
-        hidden[padded.nonzero()[::2].unbind(1)] = float("nan")
+        pads = kwargs["attention_mask"] == 0  # the rows and positions this call runs (the tower cuts padding)
+        poisoned_pads.append(int(pads.sum()))
+        hidden[pads] = 1e6
+        hidden[pads.nonzero()[::2].unbind(1)] = float("nan")
         out.last_hidden_state = hidden
         return out
 
@@ -255,10 +258,11 @@ def test_mean_and_max_never_see_padding(xlmr_dir, batch, xlmr_tokenizer, pooler)
         handle = ours.transformer.register_forward_hook(poison, with_kwargs=True)
         try:
             poisoned = ours(batch)
+            pads_seen = sum(poisoned_pads)
             raw = ours.transformer(input_ids=batch, attention_mask=(~padded).long()).last_hidden_state
         finally:
             handle.remove()
-    assert torch.isfinite(poisoned).all()
+    assert torch.isfinite(poisoned).all() and pads_seen > 0
     torch.testing.assert_close(poisoned, clean, atol=0, rtol=0)
     assert not torch.allclose(raw.nan_to_num().max(dim=1).values, clean)  # the poison would have shown
 

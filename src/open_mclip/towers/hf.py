@@ -18,6 +18,7 @@ from torch import nn
 from ..config import HF_POOLER_ALIASES, HFTextConfig
 from ..extras import import_extra
 from .base import Tower, params_of
+from .text import PaddingFree, run_groups
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,13 @@ def build_projection(cfg: HFTextConfig, width: int, embed_dim: int) -> nn.Module
     return ResidualProjection(width, embed_dim, layers=cfg.proj_layers, bias=cfg.proj_bias, dropout=cfg.proj_dropout)
 
 
-class HFTextTower(Tower):
+class HFTextTower(Tower, PaddingFree):
     """A Hugging Face encoder, pooled over real tokens (mask: `text != pad_token_id`), then projected.
+
+    Padding-free (the default, `set_padding_free`): each row runs only up to its last real token (rows of similar
+    length grouped, each group cut after its longest row). Padding is masked out of attention and out of the
+    mean/max poolers, and the first token is the same, so the features do not change. In training, dropout draws
+    its masks per group.
 
     Locking (`lock(unlocked_layers, freeze_norm_stats=...)`) counts the encoder's transformer layers for every
     family (BERT/RoBERTa/XLM-R `encoder.layer`, T5/mT5 `block`, M2M100/NLLB `layers`). The embeddings unlock
@@ -220,5 +226,10 @@ class HFTextTower(Tower):
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         mask = text != self.pad_token_id  # (batch, tokens)
+        positions = torch.arange(1, text.shape[1] + 1, device=text.device)  # (tokens,)
+        needed = (mask * positions).amax(dim=1) if text.shape[0] else positions[:0]  # (batch,) after the last real
+        return run_groups(self.length_groups(needed, text.shape[1]), self._encode, text, mask)
+
+    def _encode(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = self.transformer(input_ids=text, attention_mask=mask.long())
         return self.proj(self.pool(out, mask))  # (batch, output_dim)

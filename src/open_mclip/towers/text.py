@@ -1,6 +1,16 @@
-"""Causal text Transformer tower over token ids, pooled at the end-of-text token."""
+"""Causal text Transformer tower over token ids, pooled at the end-of-text token; padding-free text.
+
+Padding-free text: under causal attention the feature pooled at position p depends on positions 0..p only, so the
+positions after a row's pooled position can be dropped before the blocks. Each batch is split into groups of rows of
+similar length (by default rows needing 1-16, 17-32, ... positions), and each group runs only up to its longest
+row: rows never interact in a text tower, so the features are those of the full context (to float rounding,
+`tests/library/test_padding_free.py`) for a fraction of the text compute. Captions are short (most under 20 CLIP
+tokens), the context is 77, and one long caption no longer makes the whole batch pay for it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -9,9 +19,71 @@ from ..config import TextTransformerConfig
 from ..layers import LayerNorm, Transformer
 from .base import Tower, params_of
 
+Groups = list[tuple[torch.Tensor | None, int]]  # (rows of the batch, or None for all of them; positions kept)
 
-class TextTransformer(Tower):
-    """Token + position embeddings, causal pre-norm blocks, final norm, EOT pooling, projection."""
+
+class PaddingFree:
+    """The padding-free switch of a text tower: run each row only up to the positions its features depend on.
+
+    `group_width` splits a batch into groups of rows whose needed lengths fall in the same band of that many
+    positions, each group cut to its longest row (None: one group, the whole batch cut to its longest row).
+    `multiple` rounds each kept length up (to 8, 16, ...), which bounds the number of distinct shapes a device that
+    compiles one graph per shape (HPU, CUDA graphs) sees. Under `torch.compile` nothing is trimmed: the lengths are
+    data dependent and would break the graph.
+    """
+
+    padding_free: bool = True
+    padding_multiple: int = 1
+    padding_group_width: int | None = 16
+
+    def set_padding_free(self, enabled: bool = True, *, multiple: int = 1, group_width: int | None = 16) -> None:
+        for name, value in (("multiple", multiple), ("group_width", group_width)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a positive int")
+        if multiple is None:
+            raise ValueError("multiple=None: use multiple=1 to keep exact lengths")
+        self.padding_free = enabled
+        self.padding_multiple = multiple
+        self.padding_group_width = group_width
+
+    def _kept(self, needed: int, seq_len: int) -> int:
+        return min(seq_len, -(-max(needed, 1) // self.padding_multiple) * self.padding_multiple)
+
+    def length_groups(self, needed: torch.Tensor, seq_len: int) -> Groups:
+        """The groups to run: `needed` (batch,) is how many leading positions each row's features depend on."""
+        if not self.padding_free or torch.compiler.is_compiling() or needed.shape[0] == 0:
+            return [(None, seq_len)]
+        lengths = needed.tolist()  # one host sync per batch
+        if self.padding_group_width is None:
+            return [(None, self._kept(max(lengths), seq_len))]
+        bands: dict[int, list[int]] = {}
+        for row, length in enumerate(lengths):
+            bands.setdefault(-(-length // self.padding_group_width), []).append(row)
+        if len(bands) == 1:
+            return [(None, self._kept(max(lengths), seq_len))]
+        return [
+            (torch.tensor(rows, device=needed.device), self._kept(max(lengths[r] for r in rows), seq_len))
+            for _, rows in sorted(bands.items())
+        ]
+
+
+def run_groups(groups: Groups, encode: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+    """`encode(*tensors cut to a group's rows and length)` per group, the results back in the batch's order."""
+    if len(groups) == 1 and groups[0][0] is None:
+        length = groups[0][1]
+        return encode(*(t[:, :length] for t in tensors))
+    outputs = [encode(*(t[rows, :length] for t in tensors)) for rows, length in groups]
+    order = torch.cat([rows for rows, _ in groups])  # (batch,) the batch row of each output row
+    return torch.cat(outputs)[torch.argsort(order)]  # (batch, ...)
+
+
+class TextTransformer(Tower, PaddingFree):
+    """Token + position embeddings, causal pre-norm blocks, final norm, EOT pooling, projection.
+
+    Padding-free (the default, `set_padding_free`): a causal tower runs each row only up to its pooled position
+    (for `first` pooling: position 0; for `last` pooling nothing is trimmed, the last position is the context's).
+    A non-causal tower without a padding mask sees every position, so it always runs the full length.
+    """
 
     def __init__(self, cfg: TextTransformerConfig, *, embed_dim: int):
         super().__init__()
@@ -65,28 +137,37 @@ class TextTransformer(Tower):
     def no_weight_decay(self) -> set[str]:
         return {"positional_embedding"}
 
-    def _pool(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """(batch, tokens, width) -> (batch, width) at the position the pool type names."""
+    def _pool_index(self, text: torch.Tensor) -> torch.Tensor:
+        """(batch, tokens) ids -> (batch,) the position each row is pooled at, read from the full-length ids."""
+        batch, seq_len = text.shape
         if self.pool_type == "first":
-            return x[:, 0]
+            return torch.zeros(batch, dtype=torch.long, device=text.device)
         if self.pool_type == "last":
-            return x[:, -1]
+            return torch.full((batch,), seq_len - 1, dtype=torch.long, device=text.device)
         if self.pool_type == "argmax":  # CLIP's EOT token has the highest id in its vocabulary
-            index = text.argmax(dim=-1)
-        else:
-            index = (text == self.eos_id).int().argmax(dim=-1)
-        return x[torch.arange(x.shape[0], device=x.device), index]
+            return text.argmax(dim=-1)
+        return (text == self.eos_id).int().argmax(dim=-1)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
+        if text.shape[1] > self.context_length:
+            raise ValueError(
+                f"text has {text.shape[1]} tokens but this text tower's context_length is {self.context_length}"
+            )
+        index = self._pool_index(text)  # (batch,)
+        if not self.causal:
+            return self._encode(text, index)
+        return run_groups(self.length_groups(index + 1, text.shape[1]), self._encode, text, index.unsqueeze(1))
+
+    def _encode(self, text: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """(batch, tokens) ids and (batch,) or (batch, 1) pooled positions -> (batch, output_dim) features."""
+        index = index.flatten()
         seq_len = text.shape[1]
-        if seq_len > self.context_length:
-            raise ValueError(f"text has {seq_len} tokens but this text tower's context_length is {self.context_length}")
         dtype = self.transformer.resblocks[0].mlp.c_fc.weight.dtype if len(self.transformer.resblocks) else None
         x = self.token_embedding(text)  # (batch, tokens, width)
         dtype = dtype or x.dtype  # cast before adding positions, as open_clip does, so 16-bit weights round alike
         x = x.to(dtype) + self.positional_embedding[:seq_len].to(dtype)
         x = self.ln_final(self.transformer(x, is_causal=self.causal))
-        pooled = self._pool(x, text)  # (batch, width)
+        pooled = x[torch.arange(x.shape[0], device=x.device), index]  # (batch, width)
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(pooled)
         if self.text_projection is not None:
