@@ -52,12 +52,14 @@ search-demo: install-training
 	[ -f $(SEARCH_RUN) ] || DEMO_RUN=mnist-search-demo bash scripts/mnist_demo.sh --save-frequency 3
 	$(BIN)/python scripts/mnist_search_demo.py --checkpoint $(SEARCH_RUN) --digits data/mnist-demo/test --index data/mnist-search
 
+# two pytest-xdist workers of one torch thread each (tests/conftest.py): the two cores of a development machine
+TEST_WORKERS ?= 2
 test:
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # the loop while developing: no large models (slow), no whole training.main runs (e2e), no torchrun (distributed)
 test-fast:
-	$(BIN)/python -m pytest -q -m "not slow and not e2e and not distributed"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow and not e2e and not distributed"
 
 # side-by-side speed and memory against open_clip (needs install-test): docs/benchmarks.md
 bench:
