@@ -89,6 +89,12 @@ class Device:
     def compile_backend(self) -> str:
         return "inductor"
 
+    @property
+    def text_padding(self) -> dict | None:
+        """How the text tower cuts padding (`set_padding_free` options), or None for the library's default: rows
+        grouped by length, each group cut to its longest row (any shape; exact features either way)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.torch_device})"
 
@@ -237,6 +243,12 @@ class HpuDevice(Device):
 
     def __repr__(self) -> str:
         return f"HpuDevice({self.torch_device}, {'lazy' if self.lazy else 'eager'} mode)"
+
+    @property
+    def text_padding(self) -> dict | None:
+        """Static shapes for the graph compiler: one cut per batch (the batch size stays), rounded up to a multiple
+        of 16 positions, so a 77-token context gives at most 5 text shapes."""
+        return {"multiple": 16, "group_width": None}
 
     @property
     def compile_backend(self) -> str:

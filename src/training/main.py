@@ -209,6 +209,8 @@ def build_model(cfg: TrainConfig, device: Device, world: World):
         cache_dir=m.cache_dir,
         **siglip_init,
     )
+    if device.text_padding is not None and hasattr(model.text, "set_padding_free"):
+        model.text.set_padding_free(True, **device.text_padding)  # the device bounds the text shapes it compiles
     lock_towers(model, cfg.lock)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)

@@ -16,7 +16,9 @@ import torch
 
 from open_mclip.precision import Precision
 from training.devices import DEVICES, CudaDevice, Device, HpuDevice, MpsDevice, available_devices, get_device
+from training.distributed import World
 from training.main import main
+from training.params import parse_args
 from training.stepper import Stepper
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -181,3 +183,22 @@ def test_unavailable_device_names_the_ones_that_exist():
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         get_device("tpu")
     assert get_device("cpu").dist_backend == "gloo"
+
+
+def test_the_device_decides_how_the_text_tower_cuts_padding():
+    """Length groups (any shape) by default; on HPU one cut per batch rounded up to 16 positions, so lazy mode
+    compiles at most 5 text shapes for a 77-token context."""
+    from training.main import build_model
+
+    cfg = parse_args(["--model", "mclip-tiny", "--precision", "fp32"])
+    model, _, _ = build_model(cfg, get_device("cpu"), World())
+    assert (model.text.padding_free, model.text.padding_multiple, model.text.padding_group_width) == (True, 1, 16)
+    assert HpuDevice().text_padding == {"multiple": 16, "group_width": None}
+
+    class StaticShapes(Device):  # the CPU with HPU's rule, as the fake bridge has no tensors to run the model on
+        text_padding = HpuDevice.text_padding
+
+    model, _, _ = build_model(cfg, StaticShapes(), World())
+    assert (model.text.padding_free, model.text.padding_multiple, model.text.padding_group_width) == (True, 16, None)
+    needed = torch.tensor([3, 20, 40, 5])
+    assert model.text.length_groups(needed, 77) == [(None, 48)]  # one shape: the longest row, rounded up
