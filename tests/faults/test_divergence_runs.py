@@ -6,6 +6,7 @@ and stop the run (the issue's failure 1: before, each of these ran on, exited 0 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -55,13 +56,18 @@ def test_resume_latest_after_a_divergence_continues_from_the_last_good_checkpoin
     keep = "--save-every-n-steps 2 --save-most-recent --delete-previous-checkpoint"
     main(train_flags(logs=tmp_path, name="run", extra=f"--epochs 1 {keep}"))  # a good epoch: 8 steps
     with pytest.raises(TrainingDiverged) as stop:  # then the learning rate is raised far too high
-        main(train_flags(logs=tmp_path, name="run", extra=f"--resume latest --lr 1e6 {keep}"))
-    run = tmp_path / "run"
-    assert "(step 8): resume from it" in str(stop.value) and "(3 in a row)" in str(stop.value)
+        main(train_flags(logs=tmp_path, name="run", extra=f"--resume latest --lr 1e12 {keep}"))
+    run, message = tmp_path / "run", str(stop.value)
+    good = int(re.search(r"\(step (\d+)\): resume from it", message).group(1))  # the last good checkpoint
+    first_bad = int(re.search(r"steps (\d+) to \d+ \(3 in a row\)", message).group(1))
+    # at lr 1e12 the first step is already non-finite (at 1e6 two more finite steps can ruin the weights, and the
+    # checkpoint of step 10 would then be "good" but not worth resuming)
+    assert good == 8 < first_bad
     names = _checkpoints_are_finite(run)
-    assert {load(run / "checkpoints" / name)["step"] for name in names} == {8}  # nothing of the diverged steps
+    steps = {load(run / "checkpoints" / name)["step"] for name in names}
+    assert max(steps) == good and all(step < first_bad for step in steps)  # nothing of the diverged steps
     results = main(train_flags(logs=tmp_path, name="run", extra=f"--resume latest {keep}"))
-    assert "epoch 1, step 8" in (run / "out.log").read_text().rsplit("resumed from", 1)[1].splitlines()[0]
+    assert f"step {good}" in (run / "out.log").read_text().rsplit("resumed from", 1)[1].splitlines()[0]
     assert results["train"]["step"] == 16 and results["train"]["nonfinite_steps_total"] == 0
     final = load(run / "checkpoints" / "epoch_2.pt")
     assert final["step"] == 16 and not non_finite(model_state(final))
