@@ -221,17 +221,25 @@ def _move_norm_eps(fields: dict[str, Any]) -> None:
         fields["norm_kwargs"] = {"eps": fields.pop("norm_eps")}
 
 
+def _vit_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    _move_norm_eps(fields)
+    return fields
+
+
+# our vision tower type -> open_clip's vision_cfg from our fields (without `type` and `act`)
+_VISION_TO_OPEN_CLIP = {
+    "vit": _vit_fields,
+    "timm": lambda fields: {_TIMM_FIELDS[key]: value for key, value in fields.items()},
+    "modified_resnet": lambda fields: {**fields, "patch_size": None},  # open_clip's JSON files say patch_size null
+}
+
+
 def _vision_to_open_clip(vision: TowerConfig) -> dict[str, Any]:
     """open_clip's vision_cfg; `to_dict` leaves out our defaults, which equal open_clip's."""
     fields = vision.to_dict()
-    fields.pop("type")
+    kind = fields.pop("type")
     fields.pop("act", None)  # the model-level quick_gelu flag
-    if vision.type == "timm":
-        return {_TIMM_FIELDS[key]: value for key, value in fields.items()}
-    if vision.type == "modified_resnet":
-        return {**fields, "patch_size": None}  # open_clip's names already; its JSON files say patch_size null
-    _move_norm_eps(fields)  # ViT
-    return fields
+    return _VISION_TO_OPEN_CLIP[kind](fields)
 
 
 def _transformer_text_to_open_clip(fields: dict[str, Any]) -> dict[str, Any]:
@@ -278,6 +286,13 @@ def _hf_text_to_open_clip(text: HFTextConfig) -> dict[str, Any]:
     return out
 
 
+# our text tower type -> open_clip's text_cfg
+_TEXT_TO_OPEN_CLIP = {
+    "hf": _hf_text_to_open_clip,
+    "transformer": lambda text: _transformer_text_to_open_clip(text.to_dict()),
+}
+
+
 def to_open_clip_config(cfg: ModelConfig) -> dict[str, Any]:
     """open_clip's model config dict (its `model_configs/*.json` schema) for `cfg`.
 
@@ -297,10 +312,7 @@ def to_open_clip_config(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.open_clip_custom_text:
         out["custom_text"] = True
     out["vision_cfg"] = _vision_to_open_clip(cfg.vision)
-    if cfg.text.type == "hf":
-        out["text_cfg"] = _hf_text_to_open_clip(cfg.text)
-    else:
-        out["text_cfg"] = _transformer_text_to_open_clip(cfg.text.to_dict())
+    out["text_cfg"] = _TEXT_TO_OPEN_CLIP[cfg.text.type](cfg.text)
     return copy.deepcopy(out)  # nothing shared with `cfg` (tokenizer_kwargs are dicts)
 
 
