@@ -119,6 +119,7 @@ def test_safetensors_round_trip(tmp_path):
         assert torch.equal(clone.state_dict()[key], value)
 
 
+@pytest.mark.slow  # two ViT-B-32 resized and run: 5 s
 def test_position_embedding_resized_as_open_clip_does(tmp_path):
     cfg = open_clip.get_model_config("ViT-B-32")
     cfg["text_cfg"]["layers"] = 1

@@ -37,6 +37,7 @@ def tmp_file_bytes(state_dict, path) -> bytes:
     return path.read_bytes()
 
 
+@pytest.mark.slow  # two ViT-B-32 built, loaded and run: 7 s
 def test_create_model_and_transforms_from_file_matches_open_clip(tmp_path, photos):
     ref_model, _, ref_val = open_clip.create_model_and_transforms("ViT-B-32")
     path = tmp_path / "vit-b-32.pt"
@@ -51,6 +52,7 @@ def test_create_model_and_transforms_from_file_matches_open_clip(tmp_path, photo
     assert train(photos[0]).shape == (3, 224, 224)
 
 
+@pytest.mark.slow  # two ViT-B-32 built, loaded and run: 9 s
 def test_pretrained_tag_from_offline_hub_cache(hub_cache, add_hub_repo, photos):
     """`pretrained="openai"` resolves through the registry and huggingface_hub (offline, from a cache laid out as
     the hub serves it), applies the QuickGELU the weights were trained with, and matches open_clip."""
@@ -139,6 +141,7 @@ def test_force_options_and_tokenizer():
     assert set(out) == {"image_features", "text_features", "logit_scale"} and out["image_features"] is None
 
 
+@pytest.mark.slow  # a fresh interpreter that imports and runs the library: 7 s
 def test_library_runs_with_torchvision_and_timm_blocked():
     code = textwrap.dedent(
         """

@@ -375,6 +375,7 @@ def test_safe_serialization_as_open_clip(tmp_path, photos, safe, files):
 
 
 @needs_xlmr
+@pytest.mark.slow  # a round trip through open_clip's hub code with an XLM-R tower: 7-12 s
 def test_hf_text_model_loads_in_open_clip(tmp_path, photos, xlmr_dir, xlmr):
     model = _hf_model(xlmr_dir)
     tokenizer = _our_xlmr_tokenizer(xlmr, 32)
@@ -391,6 +392,7 @@ def test_hf_text_model_loads_in_open_clip(tmp_path, photos, xlmr_dir, xlmr):
 
 
 @needs_xlmr
+@pytest.mark.slow  # a round trip through open_clip's hub code with an XLM-R tower: 7-12 s
 def test_siglip_style_model_loads_in_open_clip(tmp_path, photos, shallow_timm, xlmr):
     model = _siglip_model()
     tokenizer = _our_xlmr_tokenizer(xlmr, 64, clean="canonicalize")
@@ -452,6 +454,7 @@ def test_open_clip_saved_native_model_loads_here(tmp_path, photos):
 
 
 @needs_xlmr
+@pytest.mark.slow  # a round trip through open_clip's hub code with an XLM-R tower: 7-12 s
 def test_open_clip_saved_hf_text_model_loads_here(tmp_path, photos, xlmr_dir):
     model_cfg = {
         "embed_dim": 48,
@@ -473,6 +476,7 @@ def test_open_clip_saved_hf_text_model_loads_here(tmp_path, photos, xlmr_dir):
 
 
 @needs_xlmr
+@pytest.mark.slow  # a round trip through open_clip's hub code with an XLM-R tower: 7-12 s
 def test_open_clip_saved_siglip_style_model_loads_here(tmp_path, photos, shallow_timm):
     model_cfg = to_open_clip_config(_siglip_model().cfg)
     ref = open_clip.model.CustomTextCLIP(**{k: v for k, v in copy.deepcopy(model_cfg).items() if k != "custom_text"})

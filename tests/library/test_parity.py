@@ -193,7 +193,7 @@ def test_parity_real_width_cut_depth(name, photos):
     _check_arch(name, photos, depth=2)
 
 
-@pytest.mark.parametrize("name", NEW_FAMILIES)
+@pytest.mark.parametrize("name", _slow_but("ViT-H-14-CLIPA", "ViT-B-16-SigLIP")(NEW_FAMILIES))
 def test_parity_new_families_cut_depth(name, photos, shallow_timm):
     _check_arch(name, photos, depth=2)
 
@@ -221,6 +221,7 @@ def test_parity_timm_cut_depth(name, photos, shallow_timm):
     _check_arch(name, photos, depth=2)
 
 
+@pytest.mark.slow  # a full timm ViT-B/16 trunk on both sides: 6 s (the cut-depth timm families run in make test-fast)
 def test_parity_timm_tower(photos):
     """convnext_base through timm: open_clip's TimmModel and ours agree with shared weights."""
     oc_cfg = open_clip.get_model_config("convnext_base")

@@ -72,7 +72,7 @@ def test_freeze_norm_stats_keeps_batchnorm_statistics():
     assert not torch.equal(unfrozen.visual.bn1.running_mean, before)  # without the flag statistics move
 
 
-@pytest.mark.parametrize("kind", ["vit", "timm"])
+@pytest.mark.parametrize("kind", ["vit", pytest.param("timm", marks=pytest.mark.slow)])  # timm: 8 s
 def test_grad_checkpointing_gives_the_same_gradients(kind):
     model = CLIP(TINY[kind]).train()
     size = model.visual.image_size

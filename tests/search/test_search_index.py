@@ -109,6 +109,7 @@ def test_reindex_after_changing_100_files_embeds_only_those(tmp_path, mnist, enc
         assert [got[1][column][i] for i in order] == want[1][column]
 
 
+@pytest.mark.slow  # a killed and a resumed indexing program: 5 s
 def test_sigkill_half_way_resumes_without_redoing_finished_chunks(tmp_path, mnist, tiny_model_dir):
     images, labels = mnist["test"]
     folder = tmp_path / "digits"

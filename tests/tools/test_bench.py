@@ -70,7 +70,7 @@ def test_loss_sides_agree_in_loss_and_gradients(kind):
     assert reference[1:].abs().max() > 1e-5  # the fingerprint holds real gradients
 
 
-@pytest.mark.parametrize("tokenizer", ["clip", "xlmr"])
+@pytest.mark.parametrize("tokenizer", ["clip", pytest.param("xlmr", marks=pytest.mark.slow)])  # xlmr: 7 s
 def test_tokenizers_give_identical_ids_on_real_multilingual_text(tokenizer):
     try:
         calls = cases.tokenize(sides=SIDES, tokenizer=tokenizer, count=300)
@@ -106,6 +106,7 @@ def test_peak_memory_measures_what_a_call_allocates():
     assert 60 <= mib <= 80, mib
 
 
+@pytest.mark.slow  # a spawned child that imports torch and open_clip: 8 s
 def test_peak_memory_of_the_loss_covers_its_logits():
     batch = 1024
     case = Case("clip loss", "bench.cases:contrastive_loss", {"kind": "clip", "batch_size": batch, "dim": 64})
@@ -114,6 +115,7 @@ def test_peak_memory_of_the_loss_covers_its_logits():
     assert logits_mib <= mib <= 8 * logits_mib, mib
 
 
+@pytest.mark.slow  # a spawned child that imports torch and open_clip: 11 s
 def test_a_failing_child_is_reported_not_awaited():
     case = Case("bad", "bench.cases:contrastive_loss", {"kind": "triplet"})
     with pytest.raises(RuntimeError, match="kind 'triplet'"):
@@ -174,6 +176,7 @@ def die(*, sides: tuple[str, ...]) -> dict:
     return {side: lambda: os._exit(9) for side in sides}
 
 
+@pytest.mark.slow  # a spawned child that imports torch: 5 s
 def test_a_child_that_dies_outright_is_reported():
     with pytest.raises(RuntimeError, match=r"the process died \(9\)"):
         peak_memory(Case("die", "test_bench:die"), OURS, device="cpu")

@@ -249,6 +249,7 @@ def test_captions_with_context_fit_max_tokens(out):
     assert max(lengths) <= 30  # make_shards' default max_tokens
 
 
+@pytest.mark.slow  # writes the shards twice more: 6 s
 def test_deterministic_for_a_seed(out, tmp_path, mnist_path):
     again, other = tmp_path / "again", tmp_path / "other"
     shards.make_shards(again, seed=0, mnist_path=mnist_path, **SMALL)
@@ -260,6 +261,7 @@ def test_deterministic_for_a_seed(out, tmp_path, mnist_path):
     assert (out / "train" / "shard-000000.tar").read_bytes() != (other / "train" / "shard-000000.tar").read_bytes()
 
 
+@pytest.mark.slow  # writes the shards through the command line: 6 s
 def test_command_line_with_a_language_subset(tmp_path, mnist_path):
     folder = tmp_path / "cli"
     args = ["--out", str(folder), "--train-samples", "200", "--val-samples", "20", "--test-samples", "0"]

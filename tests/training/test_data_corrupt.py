@@ -165,6 +165,7 @@ def test_an_all_bad_csv_fails_clearly(tmp_path, clip_tokenizer, preprocess):
         next(iter(info.dataloader))
 
 
+@pytest.mark.slow  # spawned loader workers import torch: 5 s
 def test_counts_survive_spawned_workers(corrupt_shards, photo_jpegs, clip_tokenizer, preprocess):
     # the trainer may start workers with spawn (no shared address space): the counter must still add up
     cfg = DataConfig(val_data=corrupt_shards, batch_size=4, workers=2)

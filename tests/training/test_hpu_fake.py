@@ -136,7 +136,10 @@ def test_fp16_on_hpu_fails_clearly(tmp_path, base):
     assert "FusedAdamW.step" not in [c["call"] for c in _calls(tmp_path)]  # it stopped before training
 
 
-@pytest.mark.parametrize("hpex", [True, False], ids=["fused-lazy", "no-hpex-eager"])
+# without hpex (6 s) in CI only
+@pytest.mark.parametrize(
+    "hpex", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["fused-lazy", "no-hpex-eager"]
+)
 def test_device_directly(tmp_path, hpex):
     """HpuDevice outside the loop: imports on set-up only, fp16 refused everywhere, Habana's fused optimizer and
     clipping when the bridge ships them and torch's otherwise; torch.compile only in eager mode."""
