@@ -323,6 +323,63 @@ def preprocess(
     return {side: functools.partial(call, built[side]) for side in sides}
 
 
+def real_jpeg_files() -> list[bytes]:
+    """The real JPEG files the environment ships, as bytes at their own size: scikit-image's retina (1411x1411) and
+    Hubble deep field (1000x872) and rocket, scikit-learn's china and flower (640x427), matplotlib's Grace Hopper
+    (512x600)."""
+    import os
+
+    import matplotlib.cbook
+    import skimage
+    import sklearn
+
+    images = os.path.join(os.path.dirname(skimage.__file__), "data")
+    paths = [os.path.join(images, name) for name in ("retina.jpg", "hubble_deep_field.jpg", "rocket.jpg")]
+    paths += [
+        os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", f"{n}.jpg") for n in ("china", "flower")
+    ]
+    paths.append(str(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    return [Path(path).read_bytes() for path in paths]
+
+
+def decode_preprocess(
+    *, sides: tuple[str, ...], size: int = 224, train: bool = False, count: int = 12, draft: bool = False
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """What a loader worker does per image: JPEG bytes -> (count, 3, size, size), open_clip's way (``Image.open``,
+    its transform) and ours (``decode_image_bytes``, our transform; with ``draft``, JPEGs decoded at a reduced
+    scale: --image-draft)."""
+    import io
+
+    from open_clip import transform as open_clip_transform
+    from PIL import Image
+
+    from open_mclip.transform import PreprocessConfig, image_transform
+    from training.data.samples import decode_image_bytes
+
+    files = real_jpeg_files()
+    files = [files[i % len(files)] for i in range(count)]
+    reference = open_clip_transform.image_transform_v2(open_clip_transform.PreprocessCfg(size=size), is_train=train)
+    ours = image_transform(PreprocessConfig(size=size), is_train=train)
+    reduce = (size, size) if draft else None
+
+    def theirs() -> torch.Tensor:
+        torch.manual_seed(3)
+        return torch.stack([reference(Image.open(io.BytesIO(data))) for data in files])
+
+    def mine() -> torch.Tensor:
+        torch.manual_seed(3)
+        return torch.stack([ours(decode_image_bytes(data, draft=reduce)) for data in files])
+
+    return {REFERENCE: theirs, OURS: mine}
+
+
+def close_drafted(reference: torch.Tensor, ours: torch.Tensor) -> None:
+    """Eval pixels of a JPEG decoded at a reduced scale: within a few grey levels of the full decode on average."""
+    difference = (ours - reference).abs().mean().item()
+    if difference > 0.05:
+        raise AssertionError(f"mean absolute difference {difference:.4f} > 0.05 (normalised units)")
+
+
 # ------------------------------------------------------------------------------------------ checks
 
 

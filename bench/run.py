@@ -74,7 +74,7 @@ def _loss(kind: str, batch_size: int, device: str) -> Case:
 
 def _host_cases() -> list[Case]:
     """Work that runs on the host whatever the device: tokenizing and preprocessing."""
-    tokenize, preprocess = f"{_MODELS}:tokenize", f"{_MODELS}:preprocess"
+    tokenize, preprocess, decode = f"{_MODELS}:tokenize", f"{_MODELS}:preprocess", f"{_MODELS}:decode_preprocess"
     return [
         Case(
             "tokenize CLIP BPE, 5 languages", tokenize, {"tokenizer": "clip", "count": 4000}, 4000, "texts", cases.same
@@ -82,6 +82,16 @@ def _host_cases() -> list[Case]:
         Case("tokenize XLM-R, 5 languages", tokenize, {"tokenizer": "xlmr", "count": 4000}, 4000, "texts", cases.same),
         Case("preprocess eval 224 px, real photos", preprocess, {"size": 224, "train": False}, 16, "images", _FP32),
         Case("preprocess train 224 px, real photos", preprocess, {"size": 224, "train": True}, 16, "images", _FP32),
+        Case("decode+preprocess eval 224 px, real JPEGs", decode, {"size": 224}, 12, "images", _FP32),
+        Case("decode+preprocess train 224 px, real JPEGs", decode, {"size": 224, "train": True}, 12, "images", _FP32),
+        Case(
+            "decode+preprocess eval 224 px, real JPEGs, ours --image-draft",
+            decode,
+            {"size": 224, "draft": True},
+            12,
+            "images",
+            cases.close_drafted,
+        ),
     ]
 
 

@@ -78,15 +78,30 @@ class ImageBounds:
 DEFAULT_BOUNDS = ImageBounds()
 
 
-def load_image(path: str | os.PathLike, *, bounds: ImageBounds | None = DEFAULT_BOUNDS) -> Image.Image:
+def draft_jpeg(image: Image.Image, size: tuple[int, int] | None) -> None:
+    """Before decoding: have Pillow decode a JPEG at the smallest 1/2, 1/4 or 1/8 scale whose width and height both
+    stay at least ``size`` (width, height), by its DCT scaling. Fewer pixels are decoded (4-64x for a large photo),
+    and they differ from a full decode followed by a resize; other formats, and ``size`` None, are left alone."""
+    if size is not None and image.format == "JPEG":
+        image.draft(image.mode, size)
+
+
+def load_image(
+    path: str | os.PathLike,
+    *,
+    bounds: ImageBounds | None = DEFAULT_BOUNDS,
+    draft: tuple[int, int] | None = None,
+) -> Image.Image:
     """Open and fully decode an image file, so that a broken file fails here and names itself.
 
     An image beyond ``bounds`` (None: no bound) raises ``ImageTooLargeError`` from its header, before decoding.
+    ``draft`` (width, height): decode a JPEG at a reduced scale that keeps both sides at least that (``draft_jpeg``).
     """
     try:
         with Image.open(path) as image:
             if bounds is not None:
                 bounds.check(image.size, name=f"image {os.fspath(path)}")
+            draft_jpeg(image, draft)
             image.load()
     except (FileNotFoundError, IsADirectoryError, PermissionError, ImageTooLargeError):
         raise  # a missing or unreadable path, or a size refused, is not a decoding problem

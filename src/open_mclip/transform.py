@@ -257,14 +257,21 @@ def _jitter_strengths(color_jitter: Any) -> tuple[float, float, float, float]:
 
 
 class ImageTransform:
-    """A PIL image -> normalised float32 (3, height, width) tensor; plain attributes, so it pickles."""
+    """A PIL image -> normalised float32 (3, height, width) tensor; plain attributes, so it pickles. ``size`` is the
+    (height, width) it produces, when the builder knows it (what a loader may decode a JPEG down to)."""
 
     def __init__(
-        self, steps: Sequence[Callable[[Image.Image], Image.Image]], *, mean: tuple[float, ...], std: tuple[float, ...]
+        self,
+        steps: Sequence[Callable[[Image.Image], Image.Image]],
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        size: tuple[int, int] | None = None,
     ) -> None:
         self.steps = list(steps)
         self.mean = mean
         self.std = std
+        self.size = size
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if not isinstance(image, Image.Image):
@@ -324,7 +331,7 @@ def _build_transform(cfg: PreprocessConfig, *, is_train: bool, aug: Augmentation
         steps = [prepare, crop, ConvertToRGB(), *colour]
     else:
         steps = [prepare, *_eval_steps(cfg), ConvertToRGB()]
-    return ImageTransform(steps, mean=cfg.mean, std=cfg.std)
+    return ImageTransform(steps, mean=cfg.mean, std=cfg.std, size=cfg.image_size)
 
 
 # ------------------------------------------------------------------------- open_clip's public names

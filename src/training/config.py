@@ -159,7 +159,17 @@ class DataConfig:
     shuffle_buffer: int = flag(
         5000, "shards: samples each worker holds for shuffling while training (1: no shuffle)", valid=count(1)
     )
-    pin_memory: bool = flag(False, "pin batches in page-locked memory (only useful with an accelerator)")
+    pin_memory: bool | None = flag(
+        None,
+        "pin batches in page-locked memory, so their copy to the accelerator can overlap compute (default: where the "
+        "device gains from it, CUDA; --no-pin-memory turns it off)",
+    )
+    image_draft: bool = flag(
+        False,
+        "decode JPEGs at the smallest 1/2, 1/4 or 1/8 scale that keeps both sides at least the model's image size "
+        "(Pillow's draft mode): large photos decode several times faster, but the pixels differ from open_clip's "
+        "full decode and resize (docs/performance.md measures both)",
+    )
     synthetic_image_size: int = flag(
         224, "side in pixels of the random images of --dataset-type synthetic", valid=count(1)
     )

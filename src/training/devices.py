@@ -30,6 +30,7 @@ class Device:
 
     type = "cpu"
     dist_backend = "gloo"
+    pins_memory = False  # batches in page-locked memory only pay for a copy to an accelerator (--pin-memory)
 
     def __init__(self, index: int | None = None):
         self.index = index
@@ -102,6 +103,7 @@ class Device:
 class CudaDevice(Device):
     type = "cuda"
     dist_backend = "nccl"
+    pins_memory = True  # open_clip_train pins its shard and synthetic loaders too
 
     @classmethod
     def available(cls) -> bool:

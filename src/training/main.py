@@ -233,9 +233,11 @@ def lock_towers(model, lock: LockConfig) -> None:
 
 
 def build_data(cfg: TrainConfig, run: Run, *, preprocess_train, preprocess_val, tokenizer) -> dict[str, DataInfo]:
-    """The loaders of the splits the data flags name: "train" (this rank's share) and/or "val"."""
+    """The loaders of the splits the data flags name: "train" (this rank's share) and/or "val"; batches pinned
+    where the device gains from it, unless --pin-memory/--no-pin-memory says otherwise."""
+    pin = run.device.pins_memory if cfg.data.pin_memory is None else cfg.data.pin_memory
     return get_data(
-        cfg.data,
+        dataclasses.replace(cfg.data, pin_memory=pin),
         preprocess_train=preprocess_train,
         preprocess_val=preprocess_val,
         tokenizer=tokenizer,

@@ -108,8 +108,8 @@ def _add_field(group, f: dataclasses.Field, hint) -> None:
     scalar = _scalar_type(hint)
     if scalar is dict:
         kwargs.update(nargs="*", action=_KeyValues)
-    elif scalar is bool:  # a default of True needs a way to turn it off: --no-drop-last
-        kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+    elif scalar is bool:  # a default of True or None (decided later) needs a way to say no: --no-drop-last
+        kwargs["action"] = "store_true" if f.default is False else argparse.BooleanOptionalAction
     else:
         kwargs["type"] = scalar
         if meta["nargs"] is not None:

@@ -32,6 +32,19 @@ def bounded(preprocess: Callable, bounds: ImageBounds) -> Callable:
     return with_image_bounds(preprocess, bounds) if isinstance(preprocess, ImageTransform) else preprocess
 
 
+def draft_size(preprocess: Callable, *, split: str) -> tuple[int, int]:
+    """The size --image-draft decodes JPEGs down to: the longest side ``preprocess`` produces, in both directions
+    (so a later resize or crop of any mode still starts from at least its output size)."""
+    size = getattr(preprocess, "size", None)
+    if size is None:
+        raise ValueError(
+            f"--image-draft: the {split} transform ({type(preprocess).__name__}) does not say the size it produces; "
+            "use open_mclip's image_transform (ImageTransform.size) or leave out --image-draft"
+        )
+    side = max(size)
+    return side, side
+
+
 def resolve_dataset_type(path: str | None, dataset_type: str) -> str:
     """The concrete type for ``path``: ``dataset_type`` itself, or for "auto" the type its extension names."""
     if dataset_type != "auto":
@@ -94,6 +107,7 @@ def get_data(
             lang_key=lang_key,
             bounds=cfg.image_bounds,
             seed=cfg.seed,
+            draft=draft_size(preprocess, split=split) if cfg.image_draft else None,
         )
         data[split] = _BUILDERS[kind](
             cfg, is_train=is_train, decoder=decoder, epoch=epoch, rank=rank, world_size=world_size

@@ -175,7 +175,7 @@ def make_loader(dataset: Dataset, cfg: DataConfig, *, sampler: Any = None, drop_
         drop_last=drop_last,
         num_workers=cfg.workers,
         persistent_workers=cfg.workers > 0,
-        pin_memory=cfg.pin_memory,
+        pin_memory=bool(cfg.pin_memory),  # None (the device decides) reaches here only outside the trainer
         generator=torch.Generator().manual_seed(cfg.seed),
     )
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from open_mclip.image_ops import ImageBounds, ImageTooLargeError, load_image
+from open_mclip.image_ops import ImageBounds, ImageTooLargeError, draft_jpeg, load_image
 
 from ..rng import fixed_draws
 from .info import SkipCounter
@@ -36,13 +36,17 @@ _LANG_TAG = re.compile(r"\w[\w-]{0,63}")  # "en", "pt-BR", "zh_Hant": letters, d
 _SIZE_REASONS = {"max_pixels": "too_many_pixels", "max_aspect_ratio": "extreme_aspect_ratio"}
 
 
-def decode_image_bytes(data: bytes, *, bounds: ImageBounds | None = None, name: str = "image") -> Image.Image:
+def decode_image_bytes(
+    data: bytes, *, bounds: ImageBounds | None = None, name: str = "image", draft: tuple[int, int] | None = None
+) -> Image.Image:
     """Fully decode image bytes, so a truncated or non-image payload fails here and not in the transform; an image
-    beyond ``bounds`` raises ``ImageTooLargeError`` from its header, before its pixels are decoded."""
+    beyond ``bounds`` raises ``ImageTooLargeError`` from its header, before its pixels are decoded. ``draft``: a JPEG
+    is decoded at a reduced scale keeping both sides at least that (--image-draft)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             if bounds is not None:
                 bounds.check(image.size, name=name)
+            draft_jpeg(image, draft)
             image.load()
     except Image.DecompressionBombError as err:  # Pillow's own limit, at twice Image.MAX_IMAGE_PIXELS
         raise ImageTooLargeError(f"{name}: {err}", limit="max_pixels") from err
@@ -102,7 +106,8 @@ class SampleDecoder:
     """Decodes, preprocesses and tokenizes samples; a bad sample is counted in ``skipped`` and gives None.
 
     With ``lang_key`` (validation) samples carry their caption's language tag: the CSV column or the field of
-    the shard sample's ``json`` entry of that name. Images beyond ``bounds`` are skipped before decoding. Each
+    the shard sample's ``json`` entry of that name. Images beyond ``bounds`` are skipped before decoding; with
+    ``draft`` (width, height) JPEGs are decoded at a reduced scale that keeps both sides at least that. Each
     builder gives its decoder a ``SkipCounter`` sized for its data (``with_counter``). Picklable (it travels to
     each DataLoader worker).
     """
@@ -116,6 +121,7 @@ class SampleDecoder:
         lang_key: str | None = None,
         bounds: ImageBounds | None = None,
         seed: int = 0,
+        draft: tuple[int, int] | None = None,
     ) -> None:
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -123,6 +129,7 @@ class SampleDecoder:
         self.lang_key = lang_key
         self.bounds = bounds
         self.seed = seed
+        self.draft = draft
 
     def with_counter(self, skipped: SkipCounter) -> SampleDecoder:
         """This decoder counting its skips in ``skipped``."""
@@ -149,7 +156,9 @@ class SampleDecoder:
             detail = f"{where}: its json has no valid {self.lang_key!r} (a tag like 'en', 'pt-BR')"
             return self._skip(reason, detail, **ledger)
         try:
-            image = decode_image_bytes(sample[image_key], bounds=self.bounds, name=f"{where}.{image_key}")
+            image = decode_image_bytes(
+                sample[image_key], bounds=self.bounds, name=f"{where}.{image_key}", draft=self.draft
+            )
         except ImageTooLargeError as err:
             return self._skip(_SIZE_REASONS[err.limit], str(err), **ledger)
         except _DECODE_ERRORS as err:
@@ -182,7 +191,7 @@ class SampleDecoder:
     def image_file(self, path: str, *, where: str, row: int) -> Image.Image | None:
         """The decoded image file of table ``row``, or None (counted) when it is missing, broken or too large."""
         try:
-            return load_image(path, bounds=self.bounds)
+            return load_image(path, bounds=self.bounds, draft=self.draft)
         except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
             return self._skip("missing_image", f"{where}: {err}", row=row)
         except ImageTooLargeError as err:
