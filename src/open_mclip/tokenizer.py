@@ -1,4 +1,5 @@
-"""Text tokenizers: OpenAI CLIP's byte-level BPE, and a wrapper that puts a Hugging Face tokenizer behind the same call.
+"""Text tokenizers: OpenAI CLIP's byte-level BPE, and (from hf_tokenizer) a Hugging Face tokenizer behind the same
+call.
 
 Both turn a string or a batch of strings into a zero-padded ``(batch, context_length)`` LongTensor holding exactly
 the ids that open_clip 3.3.0 gives for the same input, so checkpoints trained with open_clip see the same tokens.
@@ -8,23 +9,19 @@ from __future__ import annotations
 
 import array
 import gzip
-import html
 import operator
-import re
-import string
-import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import ftfy
 import regex
 import torch
 
 from .constants import DEFAULT_CONTEXT_LENGTH
-from .extras import import_extra
+from .hf_tokenizer import HFTokenizer
+from .text_cleaning import as_batch, canonicalize_text, check_context_length, get_clean_fn
 
 __all__ = [
     "DEFAULT_CONTEXT_LENGTH",
@@ -45,97 +42,6 @@ _NUM_MERGES = 49152 - 256 - 2  # CLIP keeps 48,894 merges: 2 x 256 byte symbols 
 _WORD_SUFFIX = "</w>"  # marks the last symbol of a word, so "dog" at a word end differs from "dog" inside "dogma"
 _WORD_CACHE_SIZE = 2**18
 _DEFAULT_VOCAB = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
-_PUNCTUATION = str.maketrans("", "", string.punctuation)
-
-
-# ----------------------------------------------------------------------------------------------- text cleaning
-@lru_cache(maxsize=1)
-def _ftfy_triggers() -> re.Pattern:
-    """The characters one of ftfy's fixers acts on, read from ftfy's own tables: HTML entities (&), C1 controls,
-    Latin ligatures, full/half-width forms, curly quotes, line breaks, surrogates, terminal escapes and the control
-    characters it strips."""
-    from ftfy import chardata
-
-    chars = {"&", "\r", "\x1b", "\u2028", "\u2029"}
-    chars |= {chr(c) for table in (chardata.LIGATURES, chardata.WIDTH_MAP, chardata.CONTROL_CHARS) for c in table}
-    ranges = "\x80-\x9f\ud800-\udfff" + chardata.SINGLE_QUOTE_RE.pattern[1:-1] + chardata.DOUBLE_QUOTE_RE.pattern[1:-1]
-    return re.compile("[" + "".join(re.escape(c) for c in sorted(chars)) + ranges + "]")
-
-
-def _ftfy_leaves_alone(text: str) -> bool:
-    """True when ftfy.fix_text(text) is text itself: no character a fixer acts on, no mojibake by ftfy's own
-    test (`is_bad`), already NFC. Most captions pass, and skip ftfy's dozen passes over the string (3/4 of the
-    tokenizer's time); `tests/library/test_tokenizer_speed.py` checks the claim against ftfy on a large corpus."""
-    if _ftfy_triggers().search(text):
-        return False
-    if not text.isascii() and ftfy.badness.is_bad(text):
-        return False
-    return unicodedata.is_normalized("NFC", text)
-
-
-def fix_text(text: str) -> str:
-    """Repair mojibake with ftfy and undo (double) HTML escaping, as CLIP's web captions were cleaned."""
-    if not _ftfy_leaves_alone(text):
-        text = ftfy.fix_text(text)
-    return html.unescape(html.unescape(text)).strip()
-
-
-def squash_whitespace(text: str) -> str:
-    """Collapse every run of Unicode whitespace into one space and trim both ends."""
-    return " ".join(text.split())
-
-
-def canonicalize_text(text: str) -> str:
-    """Lowercase, underscores to spaces, ASCII punctuation dropped (big_vision's prompt canonicalisation)."""
-    text = text.replace("_", " ").translate(_PUNCTUATION).lower()
-    return squash_whitespace(text)
-
-
-def _clean_lower(text: str) -> str:
-    return squash_whitespace(fix_text(text)).lower()
-
-
-def _clean_whitespace(text: str) -> str:
-    return squash_whitespace(fix_text(text))
-
-
-def _clean_canonicalize(text: str) -> str:
-    return canonicalize_text(fix_text(text))
-
-
-_CLEANERS: dict[str, Callable[[str], str]] = {
-    "lower": _clean_lower,
-    "whitespace": _clean_whitespace,
-    "canonicalize": _clean_canonicalize,
-}
-
-
-def get_clean_fn(clean: str) -> Callable[[str], str]:
-    """The text cleaning named ``clean`` ("lower", "whitespace" or "canonicalize"), as in open_clip."""
-    try:
-        return _CLEANERS[clean]
-    except (KeyError, TypeError):
-        raise ValueError(f"clean={clean!r} is not a known text cleaning; use one of {sorted(_CLEANERS)}") from None
-
-
-# ----------------------------------------------------------------------------------------------- shared helpers
-def _check_context_length(context_length: Any) -> int:
-    if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
-        raise ValueError(f"context_length={context_length!r} must be a positive int (CLIP models use 77)")
-    return context_length
-
-
-def _as_batch(texts: str | Sequence[str]) -> list[str]:
-    """One string becomes a batch of one; anything else must be a sequence of strings."""
-    if isinstance(texts, str):
-        return [texts]
-    if not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
-    batch = list(texts)
-    for index, text in enumerate(batch):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{index}] is a {type(text).__name__} ({text!r}); every text must be a str")
-    return batch
 
 
 # ----------------------------------------------------------------------------------------------- BPE tables
@@ -239,7 +145,7 @@ class ClipTokenizer:
         clean: str = "lower",
         additional_special_tokens: Sequence[str] = (),
     ) -> None:
-        self.context_length = _check_context_length(context_length)
+        self.context_length = check_context_length(context_length)
         self.clean = clean
         self.vocab_path = str(vocab_path) if vocab_path is not None else str(_DEFAULT_VOCAB)
         self.special_tokens = (*_SPECIAL_TOKENS, *additional_special_tokens)  # they take the last ids, in order
@@ -317,8 +223,8 @@ class ClipTokenizer:
         A text that does not fit is cut to ``context_length`` ids and its last id replaced by the end token, so
         the text tower always finds an end token to pool at.
         """
-        batch = _as_batch(texts)
-        length = self.context_length if context_length is None else _check_context_length(context_length)
+        batch = as_batch(texts)
+        length = self.context_length if context_length is None else check_context_length(context_length)
         sot, eot = self.sot_token_id, self.eot_token_id
         flat, lengths = array.array("q"), []  # the rows unpadded, end to end: one C copy into the tensor below
         for text in batch:
@@ -395,146 +301,3 @@ def __getattr__(name: str) -> Any:
     if name == "_tokenizer":
         return _default_tokenizer()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# ----------------------------------------------------------------------------------------------- Hugging Face
-class HFTokenizer:
-    """A Hugging Face tokenizer behind ClipTokenizer's call: clean, tokenize, pad and truncate to context_length.
-
-    Build it from a hub name or local folder (``HFTokenizer("xlm-roberta-base")``, open_clip's signature; extra
-    keywords go to ``AutoTokenizer.from_pretrained``, e.g. ``tokenizer_file=..., tokenizer_type="xlm-roberta"`` to
-    use a lone ``tokenizer.json`` offline), or wrap a ready tokenizer with :meth:`from_tokenizer`.
-    """
-
-    def __init__(
-        self,
-        tokenizer_name: str,
-        context_length: int | None = DEFAULT_CONTEXT_LENGTH,
-        clean: str = "whitespace",
-        strip_sep_token: bool = False,
-        language: str | None = None,
-        cache_dir: str | None = None,
-        tokenizer_mode: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if not isinstance(tokenizer_name, (str, Path)):
-            raise TypeError(
-                f"tokenizer_name must be a hub name or folder, got {type(tokenizer_name).__name__}; "
-                "wrap a ready tokenizer object with HFTokenizer.from_tokenizer(tokenizer)"
-            )
-        if tokenizer_mode:
-            raise ValueError(
-                f"tokenizer_mode={tokenizer_mode!r} (open_clip's CLIPS post-processing) is not supported; "
-                "use tokenizer_mode=None"
-            )
-        if kwargs.get("tokenizer_file"):  # a lone tokenizer.json: nothing to fetch from the hub
-            kwargs.setdefault("local_files_only", True)
-        if cache_dir is not None:
-            kwargs["cache_dir"] = cache_dir
-        auto_tokenizer = import_extra("transformers", extra="hf", needed_for="HFTokenizer").AutoTokenizer
-        tokenizer = auto_tokenizer.from_pretrained(str(tokenizer_name), **kwargs)
-        self._setup(
-            tokenizer,
-            context_length=context_length or DEFAULT_CONTEXT_LENGTH,
-            clean=clean,
-            strip_sep_token=strip_sep_token,
-            language=language,
-        )
-
-    @classmethod
-    def from_tokenizer(
-        cls,
-        tokenizer: Any,
-        *,
-        context_length: int = DEFAULT_CONTEXT_LENGTH,
-        clean: str = "whitespace",
-        strip_sep_token: bool = False,
-        language: str | None = None,
-    ) -> HFTokenizer:
-        """Wrap an already built Hugging Face tokenizer object (no loading, no hub)."""
-        if not callable(tokenizer) or isinstance(tokenizer, (str, Path)):
-            raise TypeError(
-                f"from_tokenizer takes a Hugging Face tokenizer object, got {type(tokenizer).__name__}; "
-                "pass a hub name or folder to HFTokenizer(...) instead"
-            )
-        self = cls.__new__(cls)
-        self._setup(
-            tokenizer, context_length=context_length, clean=clean, strip_sep_token=strip_sep_token, language=language
-        )
-        return self
-
-    def _setup(
-        self, tokenizer: Any, *, context_length: int, clean: str, strip_sep_token: bool, language: str | None
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.context_length = _check_context_length(context_length)
-        self.clean = clean
-        self._clean_fn = get_clean_fn(clean)
-        if getattr(tokenizer, "pad_token_id", None) is None:
-            raise ValueError(
-                f"{type(tokenizer).__name__} has no padding token, so it cannot pad to context_length; a bare "
-                "tokenizer.json needs tokenizer_type=... (the model type, e.g. 'xlm-roberta') to get its special tokens"
-            )
-        if strip_sep_token and getattr(tokenizer, "sep_token_id", None) is None:
-            raise ValueError(f"strip_sep_token=True but {type(tokenizer).__name__} has no separator token")
-        self.strip_sep_token = strip_sep_token
-        if language is not None:
-            self.set_language(language)
-
-    def __repr__(self) -> str:
-        name = getattr(self.tokenizer, "name_or_path", "") or type(self.tokenizer).__name__
-        return f"HFTokenizer({name!r}, context_length={self.context_length}, clean={self.clean!r})"
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer)
-
-    @property
-    def pad_token_id(self) -> int | None:
-        return self.tokenizer.pad_token_id
-
-    def save_pretrained(self, dest: str | Path) -> None:
-        """Write the wrapped tokenizer's files to ``dest`` (a folder ``HFTokenizer(dest)`` loads again)."""
-        self.tokenizer.save_pretrained(str(dest))
-
-    def set_language(self, code: str) -> None:
-        """Select the source language of a multilingual tokenizer that prefixes a language token (NLLB: "fra_Latn").
-
-        Sets ``src_lang`` itself: recent transformers re-apply ``src_lang`` on every call, so only calling
-        ``set_src_lang_special_tokens`` (what open_clip does) is silently undone.
-        """
-        tokenizer = self.tokenizer
-        setter = getattr(tokenizer, "set_src_lang_special_tokens", None)
-        if not callable(setter) and not hasattr(tokenizer, "src_lang"):
-            raise ValueError(
-                f"set_language({code!r}): {type(tokenizer).__name__} has no source language; "
-                "only NLLB/M2M100/MBart-style tokenizers take one"
-            )
-        previous = getattr(tokenizer, "src_lang", None)
-        self._apply_language(code, setter)
-        unknown = getattr(tokenizer, "unk_token_id", None)
-        if unknown is not None and getattr(tokenizer, "cur_lang_code", None) == unknown:
-            if previous is not None:
-                self._apply_language(previous, setter)
-            raise ValueError(
-                f"language code {code!r} is not in the tokenizer's vocabulary (NLLB codes look like 'fra_Latn')"
-            )
-
-    def _apply_language(self, code: str, setter: Callable[[str], None] | None) -> None:
-        if hasattr(self.tokenizer, "src_lang"):
-            self.tokenizer.src_lang = code
-        if callable(setter):
-            setter(code)
-
-    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.LongTensor:
-        """Ids of a text or batch as a (batch, context_length) tensor, padded with the tokenizer's pad id."""
-        batch = _as_batch(texts)
-        length = self.context_length if context_length is None else _check_context_length(context_length)
-        if not batch:
-            return torch.zeros((0, length), dtype=torch.long)
-        cleaned = [self._clean_fn(text) for text in batch]
-        encoded = self.tokenizer(cleaned, return_tensors="pt", max_length=length, padding="max_length", truncation=True)
-        ids = encoded["input_ids"]  # (batch, context_length)
-        if self.strip_sep_token:  # some text towers pool at the last real token and must not see the separator
-            ids = ids.masked_fill(ids == self.tokenizer.sep_token_id, 0)
-        return ids

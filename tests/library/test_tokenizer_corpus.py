@@ -12,7 +12,8 @@ import open_clip
 import pytest
 import torch
 
-from open_mclip.tokenizer import ClipTokenizer, _ftfy_leaves_alone
+from open_mclip.text_cleaning import _ftfy_leaves_alone
+from open_mclip.tokenizer import ClipTokenizer
 
 BENCH = Path(open_clip.__file__).resolve().parent.parent / "clip_benchmark" / "datasets"
 
