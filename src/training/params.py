@@ -20,7 +20,8 @@ from collections.abc import Callable
 from open_mclip.config import HFTextConfig, ModelConfig, ModifiedResNetConfig, TextTransformerConfig, TimmConfig
 from open_mclip.constants import HF_HUB_PREFIX, LOCAL_DIR_PREFIX
 
-from .config import TrainConfig, option
+from .config import TrainConfig
+from .flags import option
 
 # open_clip flags with no counterpart here: they fail with the reason instead of being ignored
 UNSUPPORTED = {

@@ -11,7 +11,8 @@ import typing
 
 import pytest
 
-from training.config import Range, TrainConfig, option
+from training.config import TrainConfig
+from training.flags import Range, option
 from training.main import main
 from training.params import _scalar_type, parse_args
 

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from open_mclip.image_ops import ImageBounds, with_image_bounds
 from open_mclip.transform import ImageTransform
 
-from ..config import DataConfig, check_int
+from ..config import DataConfig
+from ..flags import check_int
 from .csv import build_csv
 from .info import SKIP_REASONS, DataInfo, SharedEpoch, SkipCounter
 from .samples import SampleDecoder
