@@ -18,6 +18,9 @@ from training.optim import create_optimizer, param_groups
 from training.params import parse_args
 from training.sparse_rows import RowSparseAdamW, nonzero_rows, row_sparse_parameters
 
+# one thread: each of these small operations would otherwise wait for the second thread of two busy cores
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ADAMW = {"lr": 1e-3, "betas": (0.9, 0.98), "eps": 1e-6}
 BATCH, CONTEXT = 4, 12
 VOCAB = 20000
