@@ -149,6 +149,10 @@ class RowSparseAdamW(torch.optim.AdamW):
         state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
+    def rows_in_use(self, table: nn.Parameter) -> torch.Tensor | None:
+        """Bool per row of `table`: the rows its steps update (None before its first step or after a load)."""
+        return self._in_use.get(id(table))
+
     def load_state_dict(self, state_dict: dict) -> None:
         """AdamW's load; the rows in use are found again from the loaded moments."""
         super().load_state_dict(state_dict)

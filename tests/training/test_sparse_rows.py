@@ -106,7 +106,7 @@ def test_the_same_parameters_and_moments_as_torch_adamw_bit_for_bit(xlmr):
     # more than the decay (as torch's AdamW moves them), while rows never used (or only in the zeroed step 4) got
     # exactly the decay
     assert last_used_first.sum() > 10 and moved[used].all() and not moved[~used].any()
-    assert torch.equal(ours._in_use[id(ours.row_params[0])], used)
+    assert torch.equal(ours.rows_in_use(ours.row_params[0]), used)
 
 
 def test_state_dict_is_torch_adamw_layout_and_resumes_exactly(xlmr):
