@@ -104,7 +104,7 @@ class RowSparseAdamW(torch.optim.AdamW):
         for p in tables:
             p.grad = None  # torch's AdamW leaves a parameter without a gradient alone
         try:
-            super().step()
+            _adamw_step(self)
         finally:
             for p in tables:
                 p.grad = held[id(p)]
@@ -157,6 +157,13 @@ class RowSparseAdamW(torch.optim.AdamW):
         """AdamW's load; the rows in use are found again from the loaded moments."""
         super().load_state_dict(state_dict)
         self._in_use.clear()
+
+
+def _adamw_step(optimizer: torch.optim.AdamW) -> None:
+    """torch's AdamW step without the wrapper that runs the step hooks, which torch puts around the step of every
+    optimizer class it has built: our own step is wrapped too, and its hooks must run once per step."""
+    step = torch.optim.AdamW.step
+    (step.__wrapped__ if getattr(step, "hooked", False) else step)(optimizer)
 
 
 def nonzero_rows(table: torch.Tensor) -> torch.Tensor:

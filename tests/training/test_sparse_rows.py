@@ -150,3 +150,15 @@ def test_the_trainer_uses_it_unless_dense_token_tables(xlmr):
     dense = parse_args(["--dense-token-tables"]).optim
     optimizer = create_optimizer(xlmr, dense, device=device, model_name="mclip-tiny-xlmr", tokens_per_step=4096)
     assert type(optimizer) is torch.optim.AdamW
+
+
+def test_step_hooks_run_once_per_step():
+    table = torch.nn.Embedding(100, 4)
+    torch.optim.AdamW(table.parameters())  # torch wraps AdamW.step in its hook runner once it has built one
+    optimizer = RowSparseAdamW(table.parameters(), row_params=[table.weight], **ADAMW)
+    calls = []
+    optimizer.register_step_pre_hook(lambda *_: calls.append("pre"))
+    optimizer.register_step_post_hook(lambda *_: calls.append("post"))
+    table(torch.tensor([1, 2])).sum().backward()
+    optimizer.step()
+    assert calls == ["pre", "post"] and optimizer.rows_in_use(table.weight).sum() == 2
