@@ -109,6 +109,19 @@ def test_the_same_parameters_and_moments_as_torch_adamw_bit_for_bit(xlmr):
     assert torch.equal(ours.rows_in_use(ours.row_params[0]), used)
 
 
+def test_accumulated_gradients_of_several_backward_passes(xlmr):
+    """--accum-freq and DDP sum gradients before the step: rows touched by either pass are found in the sum."""
+    (ours_model, ours), (theirs_model, theirs) = _pair(xlmr)
+    loss_fn = create_loss("clip")
+    for model, optimizer in ((ours_model, ours), (theirs_model, theirs)):
+        for first, second in (_batches(4)[:2], _batches(4)[2:]):
+            for images, texts in (first, second):
+                loss_fn(*model(images, texts)[:3]).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    _assert_same(ours_model, ours, theirs_model, theirs)
+
+
 def test_state_dict_is_torch_adamw_layout_and_resumes_exactly(xlmr):
     (ours_model, ours), (theirs_model, theirs) = _pair(xlmr)
     batches = _batches(5)
