@@ -6,6 +6,14 @@ steady-state throughput is the median of its per-step samples/s after the first 
 data-loader fill). This measures what the benchmarks of bench.run leave out: data loading and the loop itself.
 
     python -m bench.trainers --model ViT-S-32 --batch-size 32 --steps 12 --rounds 2
+
+`--model-config FILE` trains an architecture of an open_clip-schema JSON instead (both trainers load it as a
+`local-dir:` model); a Hugging Face text tower given as `text_cfg.hf_random` (a transformers config) is written as a
+folder of seeded random weights, so that both trainers start from the same text weights, with the real XLM-R
+tokenizer beside it. The tiny-XLM-R recipe of docs/multilingual.md, 40 steps of batch 128:
+
+    python -m bench.trainers --model-config bench/configs/mnist-xlmr-tiny.json --batch-size 128 --steps 40 \
+        --skip 5 --rounds 3 --threads 1 --image-size 28 --flags "--lr 1e-3 --wd 0.1 --beta2 0.98 --eps 1e-6"
 """
 
 from __future__ import annotations
@@ -14,26 +22,32 @@ import argparse
 import json
 import os
 import re
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from bench.cases import CAPTIONS, real_photos
+from bench.cases import CAPTIONS, _xlmr_folder, real_photos
 from bench.harness import OURS, REFERENCE, SIDES, machine
 
 MODULES = {REFERENCE: "open_clip_train.main", OURS: "training.main"}
 _OPEN_CLIP_RATE = re.compile(r"Batch \(t\): [\d.]+, ([\d.]+)/s, ")
+_OPEN_CLIP_LOSS = re.compile(r"Contrastive_loss: ([\d.]+) ")
 
 
-def write_csv(folder: Path, rows: int) -> Path:
-    """A tab-separated file of `rows` (JPEG path, caption) pairs over the real photos, saved at their own size."""
+def write_csv(folder: Path, rows: int, *, image_size: int | None = None) -> Path:
+    """A tab-separated file of `rows` (JPEG path, caption) pairs over the real photos, saved at their own size or,
+    with `image_size`, resized to that square (MNIST's 28 px for the multilingual recipe, so that decoding does not
+    hide the step)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, photo in enumerate(real_photos(8)):
         path = folder / f"photo{index}.jpg"
-        photo.save(path, quality=90)
+        (photo if image_size is None else photo.resize((image_size, image_size))).save(path, quality=90)
         paths.append(path)
     lines = ["filepath\ttitle"]
     lines += [f"{paths[i % len(paths)]}\t{CAPTIONS[i % len(CAPTIONS)]} {i}" for i in range(rows)]
@@ -42,41 +56,71 @@ def write_csv(folder: Path, rows: int) -> Path:
     return table
 
 
+def write_model(folder: Path, config_file: Path) -> str:
+    """A `local-dir:` model folder for both trainers from an open_clip-schema config; `text_cfg.hf_random` becomes
+    a transformers folder of random weights (seed 0) and the real XLM-R tokenizer.json goes beside the config."""
+    import torch
+    import transformers
+
+    cfg = json.loads(config_file.read_text())
+    cfg.pop("_comment", None)
+    text = cfg.get("text_cfg", {})
+    folder.mkdir(parents=True, exist_ok=True)
+    if "hf_random" in text:
+        hf = transformers.AutoConfig.for_model(**text.pop("hf_random"))
+        torch.manual_seed(0)
+        transformers.AutoModel.from_config(hf, add_pooling_layer=False).save_pretrained(folder / "text")
+        text["hf_model_name"] = str(folder / "text")
+        shutil.copy(_xlmr_folder() / "tokenizer.json", folder / "tokenizer.json")  # local-dir: tokenizers read here
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}, indent=1))
+    return f"local-dir:{folder}"
+
+
 def command(side: str, *, table: Path, logs: Path, name: str, args: argparse.Namespace) -> list[str]:
-    """The same command line for both trainers (open_clip's flag names are ours too)."""
+    """The same command line for both trainers (open_clip's flag names are ours too); `--flags` come last."""
     flags = (
-        f"--dataset-type csv --csv-img-key filepath --csv-caption-key title --model {args.model} "
+        f"--dataset-type csv --csv-img-key filepath --csv-caption-key title "
         f"--batch-size {args.batch_size} --epochs 1 --lr 1e-4 --warmup 2 --workers {args.workers} "
         f"--precision {args.precision} --device {args.device} --save-frequency 0 --log-every-n-steps 1 --seed 0"
     )
-    paths = ["--train-data", str(table), "--logs", str(logs), "--name", name]  # paths may hold spaces
-    return [sys.executable, "-m", MODULES[side], *flags.split(), *paths]
+    paths = ["--model", args.model, "--train-data", str(table), "--logs", str(logs), "--name", name]  # may hold spaces
+    return [sys.executable, "-m", MODULES[side], *flags.split(), *paths, *shlex.split(args.flags)]
 
 
-def step_rates(side: str, run_dir: Path) -> list[float]:
-    """Per-step samples/s from a finished run's own log."""
+def step_log(side: str, run_dir: Path) -> tuple[list[float], list[float]]:
+    """Per-step samples/s and loss from a finished run's own log."""
     if side == REFERENCE:
-        return [float(m) for m in _OPEN_CLIP_RATE.findall((run_dir / "out.log").read_text())]
+        text = (run_dir / "out.log").read_text()
+        return [float(m) for m in _OPEN_CLIP_RATE.findall(text)], [float(m) for m in _OPEN_CLIP_LOSS.findall(text)]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [row["samples_per_s"] for row in rows if row.get("split") == "train"]
+    rows = [row for row in rows if row.get("split") == "train"]
+    return [row["samples_per_s"] for row in rows], [row["loss"] for row in rows]
 
 
-def run_once(side: str, *, table: Path, logs: Path, name: str, args: argparse.Namespace) -> list[float]:
-    """Train one epoch with one trainer and return its per-step throughput."""
+def run_once(side: str, *, table: Path, logs: Path, name: str, args: argparse.Namespace) -> dict:
+    """Train one epoch with one trainer: its per-step throughput and loss, and the command's wall time."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if args.threads is not None:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     argv = command(side, table=table, logs=logs, name=name, args=args)
+    start = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{MODULES[side]} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    rates = step_rates(side, logs / name)
+    rates, losses = step_log(side, logs / name)
     if len(rates) != args.steps:
         raise RuntimeError(f"{MODULES[side]} logged {len(rates)} steps, expected {args.steps}")
-    return rates
+    return {"rates": rates, "losses": losses, "wall_s": wall}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ViT-S-32")
+    parser.add_argument("--model-config", type=Path, default=None, help="an open_clip-schema JSON instead of --model")
+    parser.add_argument("--flags", default="", help='more training flags for both trainers (e.g. "--lr 1e-3")')
+    parser.add_argument("--image-size", type=int, default=None, help="resize the photos to this square (px)")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of both trainers (default: unset)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=12, help="training steps per run (default: 12)")
     parser.add_argument("--skip", type=int, default=3, help="first steps of each run left out (default: 3)")
@@ -89,29 +133,41 @@ def main(argv: list[str] | None = None) -> dict:
     if args.skip >= args.steps:
         parser.error(f"--skip {args.skip} leaves no step of --steps {args.steps} to measure")
 
-    runs: dict[str, list[list[float]]] = {side: [] for side in SIDES}
+    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+    label = args.model_config.stem if args.model_config is not None else args.model
+    label += f", photos at {args.image_size} px" if args.image_size is not None else ""
     with tempfile.TemporaryDirectory(prefix="bench-trainers-") as scratch:
-        table = write_csv(Path(scratch) / "data", args.steps * args.batch_size)
+        if args.model_config is not None:
+            args.model = write_model(Path(scratch) / "model", args.model_config)
+        table = write_csv(Path(scratch) / "data", args.steps * args.batch_size, image_size=args.image_size)
         for round_index in range(args.rounds):
             order = SIDES if round_index % 2 == 0 else tuple(reversed(SIDES))
             for side in order:
                 name = f"{side}-{round_index}"
                 runs[side].append(run_once(side, table=table, logs=Path(scratch) / "logs", name=name, args=args))
-                median = statistics.median(runs[side][-1][args.skip :])
-                print(f"{side} round {round_index}: {median:.2f} samples/s", flush=True)
-    per_s = {side: statistics.median([r for run in runs[side] for r in run[args.skip :]]) for side in SIDES}
+                median = statistics.median(runs[side][-1]["rates"][args.skip :])
+                wall = runs[side][-1]["wall_s"]
+                print(f"{side} round {round_index}: {median:.2f} samples/s, {wall:.1f} s", flush=True)
+    per_s = {side: statistics.median([r for run in runs[side] for r in run["rates"][args.skip :]]) for side in SIDES}
+    wall_s = {side: statistics.median([run["wall_s"] for run in runs[side]]) for side in SIDES}
     result = {
-        "case": f"trainer {args.model} b{args.batch_size} {args.precision}, {args.workers} worker(s), CSV of JPEGs",
+        "case": f"trainer {label} b{args.batch_size} {args.precision}, {args.workers} worker(s), CSV of JPEGs",
+        "flags": args.flags,
+        "threads": args.threads,
         "steps": args.steps,
         "skip": args.skip,
         "rounds": args.rounds,
-        "runs": runs,
-        REFERENCE: {"per_s": per_s[REFERENCE]},
-        OURS: {"per_s": per_s[OURS]},
+        "runs": {side: [run["rates"] for run in runs[side]] for side in SIDES},
+        "losses": {side: [run["losses"] for run in runs[side]] for side in SIDES},
+        "wall_s": {side: [run["wall_s"] for run in runs[side]] for side in SIDES},
+        REFERENCE: {"per_s": per_s[REFERENCE], "wall_s": wall_s[REFERENCE]},
+        OURS: {"per_s": per_s[OURS], "wall_s": wall_s[OURS]},
         "speed_ratio": per_s[OURS] / per_s[REFERENCE],
+        "wall_ratio": wall_s[REFERENCE] / wall_s[OURS],
     }
     speeds = f"open_clip {per_s[REFERENCE]:.2f}/s, open_mclip {per_s[OURS]:.2f}/s"
-    print(f"{result['case']}: {speeds}, speed ratio {result['speed_ratio']:.2f}")
+    walls = f"wall time ratio {result['wall_ratio']:.2f}"
+    print(f"{result['case']}: {speeds}, speed ratio {result['speed_ratio']:.2f}, {walls}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(

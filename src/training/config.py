@@ -284,6 +284,11 @@ class OptimConfig:
     no_decay_embeddings: bool = flag(
         False, "no weight decay on embedding tables and positional/class embeddings either (open_clip decays them)"
     )
+    dense_token_tables: bool = flag(
+        False,
+        "update large text token tables with torch's dense AdamW step (default: an exact row-sparse AdamW step that "
+        "updates only rows that had gradients, plus the weight decay of every row; the same numbers, faster)",
+    )
     grad_clip_norm: float | None = flag(
         None, "clip the global gradient norm to this value (omit it for no clipping)", valid=POSITIVE
     )

@@ -265,7 +265,11 @@ def build_evaluator(
 
 def build_optimization(model, cfg: TrainConfig, run: Run, *, steps_per_epoch: int) -> tuple[Stepper, Scheduler]:
     """The Stepper (AdamW, grad scaler, clipping) and the learning-rate schedule."""
-    optimizer = create_optimizer(model, cfg.optim, device=run.device, model_name=cfg.model.model)
+    context = model.context_length  # None: a tower that does not say, and no table can be judged large
+    tokens = None if context is None else cfg.data.batch_size * cfg.optim.accum_freq * run.world.world_size * context
+    optimizer = create_optimizer(
+        model, cfg.optim, device=run.device, model_name=cfg.model.model, tokens_per_step=tokens
+    )
     stepper = Stepper(
         optimizer, device=run.device, precision=run.placement.precision, grad_clip_norm=cfg.optim.grad_clip_norm
     )

@@ -1,9 +1,11 @@
 """AdamW as open_clip_train builds it: its defaults, its weight-decay groups (no decay on parameters under 2-d and on
 names with "bn", "ln", "bias" or "logit_scale"), plus learning rates per tower (--lr-image, --lr-text), optional
 layer-wise decay (--layer-decay-image, --layer-decay-text) and, opt-in, no decay on embeddings
-(--no-decay-embeddings)."""
+(--no-decay-embeddings). Large token tables take a row-sparse step with the same numbers (sparse_rows.py)."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import nn
@@ -12,6 +14,9 @@ from open_mclip.config import ModelConfig, TimmConfig, ViTConfig
 
 from .config import OptimConfig
 from .devices import Device
+from .sparse_rows import RowSparseAdamW, row_sparse_parameters
+
+log = logging.getLogger(__name__)
 
 # open_mclip's own architectures (model_configs/mclip-*.json): their names do not say the tower type
 OWN_ARCHITECTURE_PREFIX = "mclip-"
@@ -111,9 +116,18 @@ def param_groups(
     return [{"params": groups[k], "weight_decay": k[0], "lr": k[1], "base_lr": k[1]} for k in keys]
 
 
-def create_optimizer(model: nn.Module, cfg: OptimConfig, *, device: Device, model_name: str) -> torch.optim.Optimizer:
+def create_optimizer(
+    model: nn.Module,
+    cfg: OptimConfig,
+    *,
+    device: Device,
+    model_name: str,
+    tokens_per_step: int | None = None,
+) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters of `model` (the bare CLIP module built from --model `model_name`), in
-    `param_groups`' groups; unset --lr, --beta1, --beta2 and --eps take `adam_defaults`."""
+    `param_groups`' groups; unset --lr, --beta1, --beta2 and --eps take `adam_defaults`. Given the text tokens of
+    one optimizer step (all ranks), text token tables far larger than that take `RowSparseAdamW`'s exact
+    row-sparse step, unless --dense-token-tables."""
     if cfg.opt != "adamw":
         raise ValueError(f"--opt {cfg.opt} is not supported; use adamw")
     given = {"lr": cfg.lr, "beta1": cfg.beta1, "beta2": cfg.beta2, "eps": cfg.eps}
@@ -121,4 +135,21 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig, *, device: Device, mode
     hp = {**defaults, **{k: v for k, v in given.items() if v is not None}}
     lrs = tower_lrs(model, cfg, lr=hp["lr"])
     groups = param_groups(model, weight_decay=cfg.wd, lr=hp["lr"], lrs=lrs, no_decay_embeddings=cfg.no_decay_embeddings)
-    return device.optimizer(groups, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"])
+    optimizer = device.optimizer(groups, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"])
+    if tokens_per_step is None or cfg.dense_token_tables:
+        return optimizer
+    return with_row_sparse_tables(optimizer, row_sparse_parameters(model, tokens_per_step=tokens_per_step))
+
+
+def with_row_sparse_tables(optimizer: torch.optim.Optimizer, tables: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The device's optimizer, as a `RowSparseAdamW` with its settings (fused where it was fused) when it is
+    torch's AdamW and there are `tables`; another optimizer (Habana's fused AdamW) stays as it is."""
+    if not tables:
+        return optimizer
+    if type(optimizer) is not torch.optim.AdamW:
+        log.info("%s has no row-sparse variant: token tables take its dense step", type(optimizer).__name__)
+        return optimizer
+    keys = ("lr", "betas", "eps", "weight_decay", "foreach", "fused")
+    rows = sum(p.shape[0] for p in tables)
+    log.info("row-sparse AdamW for %d token table(s), %d rows: only rows with gradients are updated", len(tables), rows)
+    return RowSparseAdamW(optimizer.param_groups, row_params=tables, **{k: optimizer.defaults[k] for k in keys})
