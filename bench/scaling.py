@@ -42,8 +42,10 @@ class Sweep:
 
 
 SWEEPS = {
-    "loss": Sweep("loss", "batch", (1024, 2048, 4096, 8192, 16384, 32768), {REFERENCE: 2, OURS: 2}),
-    "loss-2proc": Sweep("loss-2proc", "global batch", (1024, 2048, 4096, 8192, 16384, 32768), {REFERENCE: 2, OURS: 2}),
+    "loss": Sweep("loss", "batch", (1024, 2048, 4096, 8192, 16384, 32768), {REFERENCE: 2, OURS: 2}, repeats=3),
+    "loss-2proc": Sweep(
+        "loss-2proc", "global batch", (1024, 2048, 4096, 8192, 16384, 32768), {REFERENCE: 2, OURS: 2}, repeats=3
+    ),
     "zero-shot": Sweep("zero-shot", "classes", (10, 100, 1000), {REFERENCE: 1, OURS: 1}, repeats=3),
     "retrieval": Sweep("retrieval", "pairs", (1000, 10_000, 100_000), {REFERENCE: 2, OURS: 1}, repeats=3),
 }
@@ -152,13 +154,22 @@ def _load_average() -> list[float]:
 
 
 def run_sweep(
-    sweep: Sweep, *, sizes: tuple[int, ...], device: str, repeats: int, budget_gib: float
+    sweep: Sweep,
+    *,
+    sizes: tuple[int, ...],
+    device: str,
+    repeats: int,
+    budget_gib: float,
+    rows: list[dict[str, Any]] | None = None,
+    save=None,
 ) -> list[dict[str, Any]]:
-    """Every size of the sweep: per side its timings and peak memory, or why it was not run; then the ratios."""
-    rows: list[dict[str, Any]] = []
+    """Every size of the sweep: per side its timings and peak memory, or why it was not run; then the ratios.
+    `rows` are earlier sizes (they feed the memory prediction); `save(rows)` is called after each size."""
+    rows = list(rows or [])
     for size in sizes:
-        row: dict[str, Any] = {"size": size, "load_before": _load_average()}
-        reasons = {side: _skip_reason(sweep, side, size, rows, budget_gib) for side in SIDES}
+        row: dict[str, Any] = {"size": size, "repeats": repeats, "load_before": _load_average()}
+        earlier = [r for r in rows if r["size"] < size]
+        reasons = {side: _skip_reason(sweep, side, size, earlier, budget_gib) for side in SIDES}
         sides = tuple(side for side in SIDES if reasons[side] is None)
         started = time.perf_counter()
         row.update({side: {"skipped": reason} for side, reason in reasons.items() if reason is not None})
@@ -169,8 +180,10 @@ def run_sweep(
         if sides == SIDES:
             row["speed_ratio"] = row[REFERENCE]["median_s"] / row[OURS]["median_s"]
             row["memory_ratio"] = row[OURS]["peak_extra_mib"] / max(row[REFERENCE]["peak_extra_mib"], 1e-9)
-        rows.append(row)
+        rows = sorted([r for r in rows if r["size"] != size] + [row], key=lambda r: r["size"])
         print(_row_line(sweep, row), flush=True)
+        if save is not None:
+            save(rows)
     return rows
 
 
@@ -195,23 +208,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per side (default: the sweep's)")
     parser.add_argument("--budget-gib", type=float, default=6.0, help="largest predicted peak to run (default 6)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/scaling-<sweep>.json)")
+    parser.add_argument("--append", action="store_true", help="keep the other sizes already in --out")
     args = parser.parse_args(argv)
     sweep = SWEEPS[args.sweep]
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else sweep.sizes
     repeats = args.repeats or sweep.repeats
-    rows = run_sweep(sweep, sizes=sizes, device=args.device, repeats=repeats, budget_gib=args.budget_gib)
+    out = args.out or Path(__file__).parent / "results" / f"scaling-{sweep.name}.json"
+    command = ["python", "-m", "bench.scaling", *(argv if argv is not None else sys.argv[1:])]
+    earlier = json.loads(out.read_text()) if args.append and out.exists() else {"rows": [], "commands": []}
     report = {
         "sweep": sweep.name,
         "unit": sweep.unit,
         "machine": machine(args.device),
-        "command": ["python", "-m", "bench.scaling", *(argv if argv is not None else sys.argv[1:])],
-        "repeats": repeats,
+        "commands": [*earlier["commands"], command],
         "budget_gib": args.budget_gib,
-        "rows": rows,
+        "rows": earlier["rows"],
     }
-    out = args.out or Path(__file__).parent / "results" / f"scaling-{sweep.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+
+    def save(rows: list[dict[str, Any]]) -> None:
+        report["rows"] = rows
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1))
+
+    timing = {"device": args.device, "repeats": repeats, "budget_gib": args.budget_gib}
+    run_sweep(sweep, sizes=sizes, **timing, rows=earlier["rows"], save=save)
     return report
 
 

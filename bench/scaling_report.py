@@ -65,6 +65,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
+def _commands(report: dict[str, Any]) -> str:
+    return "; ".join(f"`{' '.join(command)}`" for command in report["commands"])
+
+
 def plot(reports: list[dict[str, Any]], out: Path) -> None:
     """Time (top row) and peak memory (bottom row) against size, log-log, both libraries per panel."""
     import matplotlib
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> str:
     if not reports:
         parser.error(f"no scaling-*.json in {args.results}: run python -m bench.scaling <sweep> first")
     plot(reports, args.png)
-    text = "\n\n".join(f"{TITLES[r['sweep']]} (`{' '.join(r['command'])}`)\n\n{markdown(r)}" for r in reports)
+    text = "\n\n".join(f"{TITLES[r['sweep']]} ({_commands(r)})\n\n{markdown(r)}" for r in reports)
     print(text)
     return text
 

@@ -81,7 +81,10 @@ def test_a_size_predicted_past_the_budget_is_skipped_with_its_reason(monkeypatch
 def test_the_report_tables_and_plots_what_was_measured(monkeypatch, tmp_path):
     monkeypatch.setattr(scaling, "_measure", fake_measure)
     out = tmp_path / "scaling-retrieval.json"
-    scaling.main(["retrieval", "--sizes", "100,1000,10000", "--budget-gib", "2", "--out", str(out)])
+    scaling.main(["retrieval", "--sizes", "100,1000", "--budget-gib", "2", "--out", str(out)])
+    # a later run adds a size: the sizes before it stay, and they predict its memory
+    report = scaling.main(["retrieval", "--sizes", "10000", "--budget-gib", "2", "--out", str(out), "--append"])
+    assert [row["size"] for row in report["rows"]] == [100, 1000, 10_000] and len(report["commands"]) == 2
     text = scaling_report.main(["--results", str(tmp_path), "--png", str(tmp_path / "scaling.png")])
     assert "| 100 | 2 | 1 | 2.00 | 10 | 10 | 1.00 |" in text
     assert "| 10,000 | not run | 1 | - | not run | 1000 | - |" in text and "open_clip at 10,000: predicted" in text
