@@ -172,14 +172,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         result["wall_s"] = time.perf_counter() - started
         results.append(result)
         print(f"{case.name}: speed ratio {result['speed_ratio']:.2f} ({result['wall_s']:.0f} s)", flush=True)
+        if args.out is not None:  # after every case: a run stopped by a time limit keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            report = {"machine": machine(args.device), "command": sys.argv, "peak": peak, "results": results}
+            args.out.write_text(json.dumps(report, indent=1))
     print(table(results))
     if peak is not None:
         print(f"bf16 matmul peak: {peak['flop_per_s'] / 1e12:.2f} TFLOP/s ({peak['size']}^2, best of 5)")
         print(mfu.mfu_table(results))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        report = {"machine": machine(args.device), "command": sys.argv, "peak": peak, "results": results}
-        args.out.write_text(json.dumps(report, indent=1))
     return results
 
 
