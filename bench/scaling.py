@@ -57,7 +57,7 @@ def case_for(sweep: str, size: int, *, device: str) -> Case:
         kwargs = {"kind": "clip", "batch_size": size, "dim": 512, "device": device}
         return Case(f"clip loss b{size}", "bench.cases:contrastive_loss", kwargs, size, "samples", cases.close_fp32)
     if sweep == "zero-shot":
-        kwargs = {"classes": size, "device": device}
+        kwargs = {"classes": size, "templates": 2, "device": device}
         return Case(f"zero-shot {size} classes", "bench.scaling_cases:zero_shot", kwargs, size, "classes", _same_scores)
     if sweep == "retrieval":
         kwargs = {"pairs": size, "device": device}

@@ -65,6 +65,12 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
+def _short(size: int) -> str:
+    return (
+        f"{size // 1000}k" if size >= 1000 and size % 1000 == 0 else f"{size / 1024:g}k" if size >= 1024 else str(size)
+    )
+
+
 def _commands(report: dict[str, Any]) -> str:
     return "; ".join(f"`{' '.join(command)}`" for command in report["commands"])
 
@@ -75,6 +81,7 @@ def plot(reports: list[dict[str, Any]], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, axes = plt.subplots(2, len(reports), figsize=(4.2 * len(reports), 7), squeeze=False)
     styles = {REFERENCE: {"marker": "o", "color": "tab:gray"}, OURS: {"marker": "s", "color": "tab:blue"}}
@@ -87,6 +94,14 @@ def plot(reports: list[dict[str, Any]], out: Path) -> None:
                     ax.plot(*zip(*points, strict=True), label=side, **styles[side])
             ax.set_xscale("log")
             ax.set_yscale("log")
+            sizes = [r["size"] for r in report["rows"]]
+            ax.set_xticks(sizes, [_short(size) for size in sizes])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            skipped = [
+                f"{side} {_short(r['size'])}" for r in report["rows"] for side in SIDES if "skipped" in r.get(side, {})
+            ]
+            if skipped and row_index == 1:
+                ax.text(0.02, 0.98, "did not fit: " + ", ".join(skipped), transform=ax.transAxes, fontsize=7, va="top")
             ax.set_xlabel(report["unit"])
             ax.set_ylabel(label)
             ax.grid(True, which="both", alpha=0.3)
