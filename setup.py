@@ -18,9 +18,18 @@ EXTRAS = {
     # open_mclip.search: Parquet metadata, the web page (FastAPI + uvicorn); faiss for the approximate index
     "search": ["pyarrow", "fastapi", "uvicorn"],
     "faiss": ["faiss-cpu"],
+    "bench": ["matplotlib"],  # bench.scaling_report's plot (imported only when plotting)
 }
 EXTRAS["test"] = sorted(
-    set(EXTRAS["training"] + EXTRAS["hf"] + EXTRAS["timm"] + EXTRAS["wandb"] + EXTRAS["search"] + EXTRAS["faiss"])
+    set(
+        EXTRAS["training"]
+        + EXTRAS["bench"]
+        + EXTRAS["hf"]
+        + EXTRAS["timm"]
+        + EXTRAS["wandb"]
+        + EXTRAS["search"]
+        + EXTRAS["faiss"]
+    )
     | {
         "pytest>=8",
         "pytest-xdist",
