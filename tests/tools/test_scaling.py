@@ -51,6 +51,7 @@ def test_the_distributed_check_refuses_gradients_off_the_single_process_ones(one
         scaling_dist.check_against_single_process((loss, image_grad * 1.01, text_grad), image, text)
 
 
+@pytest.mark.distributed  # two spawned gloo ranks
 def test_gather_with_grad_over_two_processes_times_both_sides_after_checking_them():
     measured = scaling_dist.distributed_loss(batch=128, sides=SIDES, dim=32, repeats=2, warmup=0, memory=False)
     for side in SIDES:
