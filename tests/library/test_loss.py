@@ -131,9 +131,12 @@ def test_labels_cached_per_device_and_batch_size():
     for batch in (4, 6, 4):
         image, text = unit_pairs(batch, 8, dtype=torch.float64)
         torch.testing.assert_close(loss_fn(image, text, scale), naive_clip_loss(image, text, scale))
+        # one process needs no labels (positives on the diagonal); local loss and open_clip's callers ask for them
+        assert torch.equal(loss_fn.get_ground_truth(image.device, batch), torch.arange(batch))
     assert sorted(n for _, n in loss_fn._labels) == [4, 6]
+    assert loss_fn.get_ground_truth(image.device, 4) is loss_fn.get_ground_truth(image.device, 4)
     uncached = ClipLoss(cache_labels=False)
-    uncached(image, text, scale)
+    uncached.get_ground_truth(image.device, 4)
     assert uncached._labels == {}
 
 
