@@ -51,6 +51,12 @@ def autocast_weight(module: nn.Module, name: str, weight: torch.Tensor | None) -
     return hit[1]
 
 
+def drop_autocast_weights(model: nn.Module) -> int:
+    """Free the casts `autocast_weight` keeps on `model`'s modules (made again on the next inference call);
+    returns how many were dropped."""
+    return sum(len(module.__dict__.pop("_autocast_weights", {})) for module in model.modules())
+
+
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same results) whose inference under autocast casts its weights once
     (`autocast_weight`) instead of on every call."""

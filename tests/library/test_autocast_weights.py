@@ -58,8 +58,7 @@ def test_kept_casts_follow_in_place_updates_and_training_keeps_none(model_and_in
         for block in model.text.transformer.resblocks:
             block.mlp.c_fc.weight.mul_(-1.0)
     assert torch.equal(_features(model, images, text)[1], before[1])
-    for module in model.modules():
-        module.__dict__.pop("_autocast_weights", None)
+    assert layers.drop_autocast_weights(model) == 32 and _kept(model) == 0
     with torch.autocast("cpu", dtype=torch.bfloat16):
         image_features, text_features = model.train()(images, text)[:2]
         (image_features.sum() + text_features.sum()).backward()  # autograd on: autocast casts per step, keeps none
