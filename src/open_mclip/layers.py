@@ -13,6 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+Segments = tuple[tuple[int, int], ...]
+"""Packed sequences: (rows, tokens) of each group of equally long rows, in the order their tokens are packed into
+one (total tokens, width) tensor. Token-wise layers run once over all groups; attention runs within each group."""
+
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm whose output has the input's dtype. With float32 weights, on float32 input or under autocast, it is
@@ -27,6 +31,38 @@ class LayerNorm(nn.LayerNorm):
         weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+def autocast_weight(module: nn.Module, name: str, weight: torch.Tensor | None) -> torch.Tensor | None:
+    """`weight` as autocast would cast it, kept on `module` until the weight changes, in inference only (autocast on,
+    autograd off): autocast casts every weight again on every call, which took most of a bf16 forward's casting
+    time here. Training (autograd on) and uncast dtypes get `weight` itself. Costs one low-precision weight copy."""
+    if weight is None or weight.dtype != torch.float32 or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return weight
+    device_type = weight.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return weight
+    dtype = torch.get_autocast_dtype(device_type)
+    key = (weight.data_ptr(), weight._version, dtype)  # in-place updates bump _version, `.to()`/`.data =` move data_ptr
+    cache = module.__dict__.setdefault("_autocast_weights", {})
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        hit = cache[name] = (key, weight.detach().to(dtype))
+    return hit[1]
+
+
+def drop_autocast_weights(model: nn.Module) -> int:
+    """Free the casts `autocast_weight` keeps on `model`'s modules (made again on the next inference call);
+    returns how many were dropped."""
+    return sum(len(module.__dict__.pop("_autocast_weights", {})) for module in model.modules())
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same results) whose inference under autocast casts its weights once
+    (`autocast_weight`) instead of on every call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, autocast_weight(self, "weight", self.weight), autocast_weight(self, "bias", self.bias))
 
 
 class QuickGELU(nn.Module):
@@ -66,22 +102,53 @@ class Attention(nn.Module):
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
+        self.out_proj = Linear(width, width)
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
+    def _in_proj(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return autocast_weight(self, "in_proj_weight", self.in_proj_weight), autocast_weight(
+            self, "in_proj_bias", self.in_proj_bias
+        )
+
     def forward(
-        self, x: torch.Tensor, *, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+        self,
+        x: torch.Tensor,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        segments: Segments | None = None,
     ) -> torch.Tensor:
+        """(batch, tokens, width) -> (batch, tokens, width); with `segments`, (packed tokens, width) likewise."""
+        if segments is not None:
+            return self.out_proj(self._attend_packed(x, segments, is_causal=is_causal))
         batch, tokens, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (batch, tokens, 3 * width)
+        qkv = F.linear(x, *self._in_proj())  # (batch, tokens, 3 * width)
+        if attn_mask is not None and attn_mask.dtype != torch.bool:
+            attn_mask = attn_mask.to(qkv.dtype)
+        out = self._attend(qkv, batch, tokens, attn_mask=attn_mask, is_causal=is_causal)
+        return self.out_proj(out.reshape(batch, tokens, width))
+
+    def _attend(
+        self, qkv: torch.Tensor, batch: int, tokens: int, *, attn_mask: torch.Tensor | None, is_causal: bool
+    ) -> torch.Tensor:
+        """(batch * tokens, 3 * width) projections of one group -> (batch * tokens, width) attention outputs."""
+        width = qkv.shape[-1] // 3
         qkv = qkv.view(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (batch, heads, tokens, head_width)
-        if attn_mask is not None and attn_mask.dtype != torch.bool:
-            attn_mask = attn_mask.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        out = out.transpose(1, 2).reshape(batch, tokens, width)  # (batch, tokens, width)
-        return self.out_proj(out)
+        return out.transpose(1, 2).reshape(batch * tokens, width)
+
+    def _attend_packed(self, x: torch.Tensor, segments: Segments, *, is_causal: bool) -> torch.Tensor:
+        """(packed tokens, width) -> attention outputs before out_proj: one projection for all groups (so autocast
+        casts each weight once), then attention within each group's rows."""
+        qkv = F.linear(x, *self._in_proj())  # (packed tokens, 3 * width)
+        outputs, start = [], 0
+        for rows, tokens in segments:
+            part = qkv[start : start + rows * tokens]
+            outputs.append(self._attend(part, rows, tokens, attn_mask=None, is_causal=is_causal))
+            start += rows * tokens
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -99,16 +166,23 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp = nn.Sequential(
             OrderedDict(
                 [
-                    ("c_fc", nn.Linear(width, hidden)),
+                    ("c_fc", Linear(width, hidden)),
                     ("gelu", make_activation(act)),
-                    ("c_proj", nn.Linear(hidden, width)),
+                    ("c_proj", Linear(hidden, width)),
                 ]
             )
         )
         self.ls_2 = LayerScale(width, ls_init_value) if ls_init_value is not None else nn.Identity()
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        x = x + self.ls_1(self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal))
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        segments: Segments | None = None,
+    ) -> torch.Tensor:
+        """(batch, tokens, width), or packed (tokens, width) with `segments` (see Segments)."""
+        x = x + self.ls_1(self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal, segments=segments))
         return x + self.ls_2(self.mlp(self.ln_2(x)))
 
 
@@ -137,13 +211,19 @@ class Transformer(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, *, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+        self,
+        x: torch.Tensor,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        segments: Segments | None = None,
     ) -> torch.Tensor:
-        for block in self.resblocks:  # x: (batch, tokens, width)
+        """x: (batch, tokens, width), or with `segments` groups of rows packed as (tokens, width) (Segments)."""
+        for block in self.resblocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, attn_mask, is_causal, use_reentrant=False)
+                x = checkpoint(block, x, attn_mask, is_causal, segments, use_reentrant=False)
             else:
-                x = block(x, attn_mask, is_causal)
+                x = block(x, attn_mask, is_causal, segments)
         return x
 
     def init_weights(self) -> None:

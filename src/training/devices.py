@@ -31,6 +31,9 @@ class Device:
     type = "cpu"
     dist_backend = "gloo"
     pins_memory = False  # batches in page-locked memory only pay for a copy to an accelerator (--pin-memory)
+    # torch's fused AdamW kernel (one pass over each tensor) exists for the CPU: on ViT-B-32 it took a tenth of the
+    # per-parameter loop's time here (docs/performance.md); not verified on MPS, which keeps the loop
+    fused_adamw = True
 
     def __init__(self, index: int | None = None):
         self.index = index
@@ -61,7 +64,8 @@ class Device:
         """Flush a lazily built graph (Habana lazy mode); a no-op elsewhere."""
 
     def optimizer(self, params, *, lr: float, betas: tuple[float, float], eps: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps)
+        """torch's AdamW, the fused kernel where `fused_adamw` says the device has one (the same update)."""
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, fused=self.fused_adamw or None)
 
     def clip_grad_norm(self, params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
         """Scale gradients so that their global L2 norm is at most `max_norm`; returns the norm before clipping."""
@@ -278,6 +282,7 @@ def _fused_clip_norm(params: list[torch.Tensor], max_norm: float):
 
 class MpsDevice(Device):
     type = "mps"
+    fused_adamw = False
 
     @classmethod
     def available(cls) -> bool:

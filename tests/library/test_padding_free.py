@@ -49,13 +49,16 @@ def captions() -> list[str]:
 
 
 class LengthSpy:
-    """Records the sequence length each forward of a module sees."""
+    """Records the sequence length each forward of a module sees: one per packed group (`segments`), or x's."""
 
     def __init__(self, module: torch.nn.Module):
         self.lengths: list[int] = []
         module.register_forward_pre_hook(self._record, with_kwargs=True)
 
     def _record(self, module, args, kwargs) -> None:
+        if kwargs.get("segments") is not None:
+            self.lengths.extend(length for _, length in kwargs["segments"])
+            return
         x = args[0] if args else next(iter(kwargs.values()))
         self.lengths.append(x.shape[1])
 

@@ -155,19 +155,47 @@ class TextTransformer(Tower, PaddingFree):
             )
         index = self._pool_index(text)  # (batch,)
         if not self.causal:
-            return self._encode(text, index)
-        return run_groups(self.length_groups(index + 1, text.shape[1]), self._encode, text, index.unsqueeze(1))
+            return self._project(self._encode(text, index))
+        return self._project(self._encode_packed(text, index, self.length_groups(index + 1, text.shape[1])))
+
+    def _cast_dtype(self, default: torch.dtype) -> torch.dtype:
+        """The blocks' weight dtype (16-bit in the pure_* precisions): embeddings are cast to it, as open_clip does."""
+        return self.transformer.resblocks[0].mlp.c_fc.weight.dtype if len(self.transformer.resblocks) else default
 
     def _encode(self, text: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """(batch, tokens) ids and (batch,) or (batch, 1) pooled positions -> (batch, output_dim) features."""
-        index = index.flatten()
+        """(batch, tokens) ids and (batch,) pooled positions -> (batch, width) pooled, normed features."""
         seq_len = text.shape[1]
-        dtype = self.transformer.resblocks[0].mlp.c_fc.weight.dtype if len(self.transformer.resblocks) else None
         x = self.token_embedding(text)  # (batch, tokens, width)
-        dtype = dtype or x.dtype  # cast before adding positions, as open_clip does, so 16-bit weights round alike
+        dtype = self._cast_dtype(x.dtype)  # cast before adding positions (as open_clip), so 16-bit weights round alike
         x = x.to(dtype) + self.positional_embedding[:seq_len].to(dtype)
-        x = self.ln_final(self.transformer(x, is_causal=self.causal))
-        pooled = x[torch.arange(x.shape[0], device=x.device), index]  # (batch, width)
+        x = self.transformer(x, is_causal=self.causal)
+        return self.ln_final(x[torch.arange(x.shape[0], device=x.device), index])  # (batch, width)
+
+    def _encode_packed(self, text: torch.Tensor, index: torch.Tensor, groups: Groups) -> torch.Tensor:
+        """Each group's rows cut to its length and packed end to end as one (tokens, width) sequence: embeddings,
+        norms, projections and MLPs run once over all groups, attention within each (layers.Segments)."""
+        device, batch = text.device, text.shape[0]
+        ids, positions, segments = [], [], []
+        pooled_at = torch.empty(batch, dtype=torch.long, device=device)  # (batch,) each row's pooled packed token
+        start = 0
+        for rows, length in groups:
+            group = text[:, :length] if rows is None else text[rows, :length]  # (group rows, length)
+            offsets = start + torch.arange(group.shape[0], device=device) * length  # (group rows,)
+            if rows is None:
+                pooled_at = offsets + index
+            else:
+                pooled_at[rows] = offsets + index[rows]
+            ids.append(group.reshape(-1))
+            positions.append(torch.arange(length, device=device).repeat(group.shape[0]))
+            segments.append((group.shape[0], length))
+            start += group.numel()
+        x = self.token_embedding(torch.cat(ids))  # (tokens, width): one lookup, one dense table gradient
+        dtype = self._cast_dtype(x.dtype)
+        x = x.to(dtype) + self.positional_embedding.to(dtype)[torch.cat(positions)]
+        x = self.transformer(x, is_causal=True, segments=tuple(segments))
+        return self.ln_final(x[pooled_at])  # (batch, width), in the batch's order
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(pooled)
         if self.text_projection is not None:
