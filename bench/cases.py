@@ -128,9 +128,12 @@ def train_step(
     precision: str = "fp32",
     device: str = "cpu",
     padding_free: bool = True,
+    trainer_optimizers: bool = False,
 ) -> dict[str, Callable[[], torch.Tensor]]:
-    """One training step per call: forward both towers, CLIP loss, backward, AdamW (the same optimizer code on
-    both sides, so the model and loss are what differ). fp16 `amp` uses a grad scaler, as a trainer would."""
+    """One training step per call: forward both towers, CLIP loss, backward, AdamW. By default the same optimizer
+    code on both sides, so the model and loss are what differ; with `trainer_optimizers` each side's AdamW is the
+    one its trainer builds (open_clip_train: `torch.optim.AdamW` with torch's defaults; ours: the Device's, fused
+    where the device has the kernel). fp16 `amp` uses a grad scaler, as a trainer would."""
     import open_clip
 
     from open_mclip.loss import ClipLoss
@@ -153,10 +156,20 @@ def train_step(
     calls = {}
     for side, net in models.items():
         net.train()
-        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5)
+        optimizer = _optimizer(side, net, device=device, trainer_optimizers=trainer_optimizers)
         scaler = torch.amp.GradScaler(torch.device(device).type, enabled=precision == "amp")
         calls[side] = functools.partial(step, net, losses[side], optimizer, scaler)
     return calls
+
+
+def _optimizer(side: str, net: torch.nn.Module, *, device: str, trainer_optimizers: bool) -> torch.optim.Optimizer:
+    """AdamW at lr 1e-5 with open_clip_train's betas and eps for ViTs: torch's, or the one `side`'s trainer builds."""
+    settings = {"lr": 1e-5, "betas": (0.9, 0.98), "eps": 1e-6}
+    if trainer_optimizers and side == OURS:
+        from training.devices import get_device
+
+        return get_device(device).optimizer(net.parameters(), **settings)
+    return torch.optim.AdamW(net.parameters(), **settings)
 
 
 def encode_images(

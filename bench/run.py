@@ -29,12 +29,15 @@ def _check(precision: str):
     return cases.close_fp32 if precision == "fp32" else cases.close_autocast
 
 
-def _train(model: str, batch_size: int, precision: str, device: str, *, padding_free: bool = True) -> Case:
+def _train(
+    model: str, batch_size: int, precision: str, device: str, *, padding_free: bool = True, trainers: bool = False
+) -> Case:
     kwargs = {"model": model, "batch_size": batch_size, "precision": precision, "device": device}
+    variant = ("" if padding_free else ", ours at full length") + (", each trainer's AdamW" if trainers else "")
     return Case(
-        name=f"train step {model} b{batch_size} {precision}" + ("" if padding_free else ", ours at full length"),
+        name=f"train step {model} b{batch_size} {precision}{variant}",
         builder=f"{_MODELS}:train_step",
-        kwargs={**kwargs, "padding_free": padding_free},
+        kwargs={**kwargs, "padding_free": padding_free, "trainer_optimizers": trainers},
         items=batch_size,
         check=_check(precision),
     )
@@ -123,6 +126,8 @@ def suite(name: str, device: str, *, fill_batch: int = 512) -> list[Case]:
             _train("ViT-B-32", 32, "fp32", device),
             _train("ViT-B-32", 32, "amp_bf16", device),
             _train("ViT-B-32", 32, "amp_bf16", device, padding_free=False),
+            _train("ViT-B-32", 32, "fp32", device, trainers=True),
+            _train("ViT-B-32", 32, "amp_bf16", device, trainers=True),
             _train("RN50", 16, "fp32", device),
             _encode("ViT-B-32", 64, "fp32", device),
             _encode("ViT-B-32", 64, "amp_bf16", device),
