@@ -116,22 +116,28 @@ def _memory_child(case: Case, side: str, device: str, queue: multiprocessing.Que
 _MMAP_THRESHOLD = "MALLOC_MMAP_THRESHOLD_"
 
 
-def peak_memory(case: Case, side: str, *, device: str) -> int:
-    """Extra peak memory of one steady-state call of `side`, measured alone in a fresh process."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=_memory_child, args=(case, side, device, queue))
-    # glibc keeps freed blocks below its (self-raising) mmap threshold resident; a fixed threshold hands large
-    # blocks back to the system on free, so the resident size follows what is really in use. Only the child needs it.
+def start_measured(processes: list) -> None:
+    """Start child processes whose resident memory is measured. glibc keeps freed blocks below its (self-raising)
+    mmap threshold resident; a fixed threshold hands large blocks back to the system on free, so the resident size
+    follows what is really in use. Only the children get it: the parent's environment is restored."""
     previous = os.environ.get(_MMAP_THRESHOLD)
     os.environ[_MMAP_THRESHOLD] = str(1 << 20)
     try:
-        child.start()
+        for process in processes:
+            process.start()
     finally:
         if previous is None:
             del os.environ[_MMAP_THRESHOLD]
         else:
             os.environ[_MMAP_THRESHOLD] = previous
+
+
+def peak_memory(case: Case, side: str, *, device: str) -> int:
+    """Extra peak memory of one steady-state call of `side`, measured alone in a fresh process."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_memory_child, args=(case, side, device, queue))
+    start_measured([child])
     while True:  # a child killed outright (out of memory, a crash) reports nothing: notice it instead of waiting
         try:
             result = queue.get(timeout=5)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
-import os
 import queue as queue_module
 import socket
 from collections.abc import Callable
@@ -21,9 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from bench.harness import REFERENCE
-
-_MMAP_THRESHOLD = "MALLOC_MMAP_THRESHOLD_"  # as bench.harness: freed large blocks go back to the system
+from bench.harness import REFERENCE, start_measured
 
 
 def features(batch: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,19 +152,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start(processes: list) -> None:
-    previous = os.environ.get(_MMAP_THRESHOLD)
-    os.environ[_MMAP_THRESHOLD] = str(1 << 20)
-    try:
-        for process in processes:
-            process.start()
-    finally:
-        if previous is None:
-            del os.environ[_MMAP_THRESHOLD]
-        else:
-            os.environ[_MMAP_THRESHOLD] = previous
-
-
 def launch(job: dict, *, world_size: int) -> list[dict[str, Any]]:
     """Run `job` on `world_size` fresh gloo ranks; each rank's result dict, in rank order."""
     context = multiprocessing.get_context("spawn")
@@ -176,7 +160,7 @@ def launch(job: dict, *, world_size: int) -> list[dict[str, Any]]:
     processes = [
         context.Process(target=_rank_main, args=(r, world_size, port, job, results)) for r in range(world_size)
     ]
-    _start(processes)
+    start_measured(processes)
     collected: dict[int, Any] = {}
     while len(collected) < world_size:
         try:
