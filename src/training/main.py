@@ -18,7 +18,7 @@ import open_mclip
 from open_mclip.loss import create_loss
 from open_mclip.precision import Precision
 
-from . import checkpoint
+from . import checkpoint, resume
 from .codebase import copy_codebase
 from .config import LockConfig, LossConfig, TrainConfig
 from .data import DataInfo, bounded, get_data
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     train, steps_per_epoch = data["train"], data["train"].num_batches // cfg.optim.accum_freq
     stepper, scheduler = build_optimization(model, cfg, run, steps_per_epoch=steps_per_epoch)
     folder = run.folder / "checkpoints"
-    state = checkpoint.resume(
+    state = resume.resume(
         cfg.checkpoint.resume,
         folder=folder,
         world=run.world,

@@ -5,12 +5,11 @@ and the trainer's gradients."""
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from bench.cases import real_captions  # the bench's real multilingual captions
 from xlmr_support import XLMR_DIR, save_tiny_xlmr
 
 from open_mclip import CLIP, HFTokenizer, ModelConfig, from_open_clip, model_config, to_open_clip
@@ -21,28 +20,10 @@ from open_mclip.open_clip_schema import to_open_clip_config
 from open_mclip.towers.hf import HFTextTower
 from open_mclip.towers.text import TextTransformer
 
-SITE = Path(open_clip.__file__).resolve().parent.parent
-BENCH = SITE / "clip_benchmark" / "datasets"
 ATOL = 1e-6
 
 
 # widely written languages in Latin, Cyrillic, Arabic, Devanagari, Han, Kana and Hangul scripts
-LANGUAGES = "EN DE FR ES IT PT PL TR VI RU UK AR HI ZH JA KO".split()
-
-
-def real_captions(count: int) -> list[str]:
-    """`count` captions, cycling through LANGUAGES: clip_benchmark's NLLB prompts around a Babel-ImageNet class
-    name of the same language."""
-    prompts = json.loads((BENCH / "nllb_dist13b_prompts.json").read_text(encoding="utf-8"))
-    names = json.loads((BENCH / "babel_imagenet.json").read_text(encoding="utf-8"))
-    captions = []
-    for i in range(count):
-        lang = LANGUAGES[i % len(LANGUAGES)]
-        templates, classes = prompts[lang], names[lang][1]
-        captions.append(templates[(i * 7) % len(templates)].replace("{}", classes[(i * 37) % len(classes)]))
-    return captions
-
-
 @pytest.fixture(scope="module")
 def captions() -> list[str]:
     return real_captions(16)

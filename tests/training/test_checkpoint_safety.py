@@ -17,7 +17,7 @@ import torch
 import open_mclip
 from open_mclip.convert import CheckpointMismatchError, from_open_clip
 from open_mclip.precision import Precision
-from training import checkpoint
+from training import checkpoint, resume
 from training.checkpoint import INDEX, CheckpointError, CheckpointWriter, latest_checkpoint, load, model_state
 from training.devices import get_device
 from training.distributed import World
@@ -79,7 +79,7 @@ def test_resume_latest_passes_over_a_newer_checkpoint_with_non_finite_weights(tm
     state["state_dict"]["logit_scale"] = torch.tensor(float("nan"))
     torch.save(state, tmp_path / "epoch_2.pt")  # e.g. written by an older version that did not check
     parts = writer._parts
-    resumed = checkpoint.resume(
+    resumed = resume.resume(
         "latest", folder=tmp_path, world=World(), model=parts["model"], stepper=parts["stepper"], steps_per_epoch=4
     )
     assert (resumed.epoch, resumed.step) == (1, 4)
@@ -122,7 +122,7 @@ def test_our_checkpoints_resume_in_either_key_layout(tmp_path):
     assert "text.token_embedding.weight" in saved["state_dict"]
     torch.save(saved, tmp_path / "ours.pt")
     other = _writer(tmp_path / "other")._parts
-    resumed = checkpoint.resume(
+    resumed = resume.resume(
         str(tmp_path / "ours.pt"),
         folder=tmp_path,
         world=World(),

@@ -17,10 +17,11 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from training.checkpoint import INDEX, load, remote_candidates
+from training.checkpoint import INDEX, load
 from training.main import main
 from training.params import parse_args
 from training.remote import MANIFEST, RemoteSync, fetch_url
+from training.resume import remote_candidates
 
 
 @pytest.fixture
