@@ -44,3 +44,35 @@ def test_evaluation_runs_under_every_precision(precision, tmp_path, mnist_folder
     # the same random weights in 16 bits: the loss moves by rounding only, accuracy by a few images at most
     assert math.isfinite(val["val_loss"]) and val["val_loss"] == pytest.approx(fp32["val"]["val_loss"], rel=0.02)
     assert abs(zero_shot["default_top1"] - fp32["zeroshot"]["default_top1"]) <= 3 / 41
+
+
+def test_evaluation_frees_the_weight_casts_inference_kept():
+    """Zero-shot and validation under bf16 autocast keep 16-bit copies of the weights (layers.autocast_weight); the
+    evaluator frees them, so they do not sit beside the next epoch's training."""
+    import torch
+
+    from open_mclip import create_model
+    from open_mclip.layers import drop_autocast_weights
+    from training.config import EvalConfig
+    from training.distributed import World
+    from training.eval import Evaluator
+
+    model = create_model("mclip-tiny").eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.encode_text(torch.randint(1, 1000, (2, 77)))
+    evaluator = Evaluator(
+        EvalConfig(),
+        plan=(),
+        val=None,
+        siglip=False,
+        tokenizer=None,
+        preprocess=None,
+        placement=None,
+        world=World(),
+        logger=None,
+        workers=0,
+    )
+    kept = sum(len(m.__dict__.get("_autocast_weights", {})) for m in model.modules())
+    assert kept > 0
+    evaluator(model, epoch=1, final=False)
+    assert drop_autocast_weights(model) == 0
