@@ -69,10 +69,17 @@ def _configs(model: str | None, config: dict | None) -> dict:
 
 
 def build_models(
-    sides: tuple[str, ...], *, model: str | None, config: dict | None, device: str, padding_free: bool = True
+    sides: tuple[str, ...],
+    *,
+    model: str | None,
+    config: dict | None,
+    device: str,
+    padding_free: bool = True,
+    channels_last: bool | None = None,
 ) -> dict[str, Any]:
     """Both libraries' CLIP for one architecture; ours holds the reference's weights when both are built.
-    `padding_free=False` makes ours run the full context as open_clip does (to measure what trimming buys)."""
+    `padding_free=False` makes ours run the full context as open_clip does (to measure what trimming buys);
+    `channels_last` lays out our ResNet image tower NHWC (None: as our trainer does on `device`; False: NCHW)."""
     import open_clip
 
     from open_mclip import CLIP, ModelConfig, from_open_clip
@@ -88,6 +95,12 @@ def build_models(
         if REFERENCE in built:
             load_state_dict_strict(ours, from_open_clip(built[REFERENCE].state_dict()), source="open_clip weights")
         ours.text.set_padding_free(padding_free)
+        if channels_last is None:
+            from training.devices import get_device
+
+            channels_last = get_device(device).channels_last and ours.visual.channels_last_capable
+        if channels_last:
+            ours.visual.set_channels_last(True)
         built[OURS] = ours
     return {side: m.to(device) for side, m in built.items()}
 
@@ -129,17 +142,21 @@ def train_step(
     device: str = "cpu",
     padding_free: bool = True,
     trainer_optimizers: bool = False,
+    channels_last: bool | None = None,
 ) -> dict[str, Callable[[], torch.Tensor]]:
     """One training step per call: forward both towers, CLIP loss, backward, AdamW. By default the same optimizer
     code on both sides, so the model and loss are what differ; with `trainer_optimizers` each side's AdamW is the
     one its trainer builds (open_clip_train: `torch.optim.AdamW` with torch's defaults; ours: the Device's, fused
-    where the device has the kernel). fp16 `amp` uses a grad scaler, as a trainer would."""
+    where the device has the kernel). fp16 `amp` uses a grad scaler, as a trainer would. A ResNet image tower of
+    ours is channels-last where our trainer lays it out so (`channels_last=False`: NCHW, as open_clip's)."""
     import open_clip
 
     from open_mclip.loss import ClipLoss
 
     cfg = _configs(model, config)
-    models = build_models(sides, model=model, config=config, device=device, padding_free=padding_free)
+    models = build_models(
+        sides, model=model, config=config, device=device, padding_free=padding_free, channels_last=channels_last
+    )
     images, texts = _inputs(cfg, batch_size, device)
     losses = {REFERENCE: open_clip.ClipLoss(), OURS: ClipLoss()}
 

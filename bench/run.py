@@ -30,14 +30,28 @@ def _check(precision: str):
 
 
 def _train(
-    model: str, batch_size: int, precision: str, device: str, *, padding_free: bool = True, trainers: bool = False
+    model: str,
+    batch_size: int,
+    precision: str,
+    device: str,
+    *,
+    padding_free: bool = True,
+    trainers: bool = False,
+    nchw: bool = False,
 ) -> Case:
+    """A training step case; a ResNet of ours is channels-last where our trainer lays it out so, unless `nchw`."""
     kwargs = {"model": model, "batch_size": batch_size, "precision": precision, "device": device}
     variant = ("" if padding_free else ", ours at full length") + (", each trainer's AdamW" if trainers else "")
+    variant += ", ours NCHW" if nchw else ""
     return Case(
         name=f"train step {model} b{batch_size} {precision}{variant}",
         builder=f"{_MODELS}:train_step",
-        kwargs={**kwargs, "padding_free": padding_free, "trainer_optimizers": trainers},
+        kwargs={
+            **kwargs,
+            "padding_free": padding_free,
+            "trainer_optimizers": trainers,
+            **({"channels_last": False} if nchw else {}),
+        },
         items=batch_size,
         check=_check(precision),
     )
@@ -129,6 +143,8 @@ def suite(name: str, device: str, *, fill_batch: int = 512) -> list[Case]:
             _train("ViT-B-32", 32, "fp32", device, trainers=True),
             _train("ViT-B-32", 32, "amp_bf16", device, trainers=True),
             _train("RN50", 16, "fp32", device),
+            _train("RN50", 16, "amp_bf16", device),
+            _train("RN50", 16, "fp32", device, nchw=True),
             _encode("ViT-B-32", 64, "fp32", device),
             _encode("ViT-B-32", 64, "amp_bf16", device),
             _encode_text("ViT-B-32", 64, "fp32", device),
@@ -147,6 +163,7 @@ def suite(name: str, device: str, *, fill_batch: int = 512) -> list[Case]:
             _train("ViT-B-16", fill_batch, "amp_bf16", device),
             _train("ViT-L-14", 64, "amp_bf16", device),
             _train("RN50", 128, "amp_bf16", device),
+            _train("RN50", 128, "amp_bf16", device, nchw=True),
             _encode("ViT-L-14", 256, "amp_bf16", device),
             _encode_text("ViT-L-14", 1024, "amp_bf16", device),
             _loss("clip", 32768, device),

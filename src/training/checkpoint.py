@@ -29,6 +29,7 @@ from open_mclip.open_clip_schema import open_clip_layout, to_open_clip_config
 from .config import TrainConfig
 from .devices import Device
 from .distributed import World
+from .divergence import GUARD_TOTALS, DivergenceGuard
 from .rng import rng_state
 from .stepper import Stepper
 from .train import LoopState
@@ -63,9 +64,10 @@ class Progress:
 
 
 def to_cpu(value: Any) -> Any:
-    """Every tensor in a nested state moved to the CPU, so a checkpoint saved on any device loads on any other."""
+    """Every tensor in a nested state moved to the CPU and contiguous (channels-last weights too), so a checkpoint
+    saved on any device, in any layout, loads on any other."""
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
+        return value.detach().cpu().contiguous()
     if isinstance(value, dict):
         return {k: to_cpu(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -89,11 +91,19 @@ def optimizer_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[
 
 
 def build_state(
-    *, model: nn.Module, stepper: Stepper, state: LoopState, config: TrainConfig, device: Device | None = None
+    *,
+    model: nn.Module,
+    stepper: Stepper,
+    state: LoopState,
+    config: TrainConfig,
+    device: Device | None = None,
+    guard: DivergenceGuard | None = None,
 ) -> dict[str, Any]:
-    """Everything a resume needs, in open_clip's checkpoint keys (state_dict, optimizer, scaler, epoch) and ours."""
+    """Everything a resume needs, in open_clip's checkpoint keys (state_dict, optimizer, scaler, epoch) and ours;
+    with `guard`, its counts of skipped steps so far (a resumed run's totals continue from them)."""
     bare = unwrap(model)
     return {
+        **({GUARD_TOTALS: guard.totals_now()} if guard is not None else {}),
         "state_dict": to_open_clip(to_cpu(bare.state_dict()), layout=open_clip_layout_of(bare)),
         **to_cpu(stepper.state_dict()),  # "optimizer", "scaler"
         "optimizer_names": optimizer_names(bare, stepper.optimizer),
@@ -184,10 +194,12 @@ class CheckpointWriter:
         stepper: Stepper,
         world: World,
         device: Device | None = None,
+        guard: DivergenceGuard | None = None,
     ) -> None:
-        """Saves what `config.checkpoint` asks for (rank 0 only), each state carrying `config` and the RNG states."""
+        """Saves what `config.checkpoint` asks for (rank 0 only), each state carrying `config`, the RNG states and
+        the `guard`'s counts."""
         self.folder, self.cfg, self.is_master = Path(folder), config.checkpoint, world.is_master
-        self._parts = {"model": model, "stepper": stepper, "config": config, "device": device}
+        self._parts = {"model": model, "stepper": stepper, "config": config, "device": device, "guard": guard}
         if self.is_master:
             for stale in self.folder.glob("*.pt.tmp"):  # left by a run killed while saving
                 log.info("removing %s, the partial save of an interrupted run", stale)

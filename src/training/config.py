@@ -165,6 +165,12 @@ class ModelConfig:
         factory=dict,
     )
     grad_checkpointing: bool = flag(False, "recompute activations in the backward pass (less memory, more compute)")
+    channels_last: bool | None = flag(
+        None,
+        "keep a ResNet image tower's convolution weights and images channels-last (NHWC; the same features to float "
+        "rounding; default: where the device gains from it, CPU and CUDA; --no-channels-last keeps NCHW; refused "
+        "for towers without convolution stages)",
+    )
     torchcompile: bool = flag(False, "torch.compile the model for training")
 
     def __post_init__(self) -> None:

@@ -27,6 +27,7 @@ from .stepper import Stepper
 log = logging.getLogger(__name__)
 
 SCALER_TOTAL = "scaler_skipped_steps"
+GUARD_TOTALS = "nonfinite_totals"  # the checkpoint key of the counts so far, which a resumed run continues
 DIVERGED_EXIT_CODE = 3  # the process's exit status when the guard stops the run (a crash exits with 1)
 
 
@@ -57,11 +58,12 @@ class DivergenceGuard:
         world: World,
         checkpoints: Callable[[], list[Any]] = list,
         save_every: int | None = None,
+        totals: dict[str, int] | None = None,
     ) -> None:
         self.max_in_a_row, self.world, self.checkpoints, self.save_every = max_in_a_row, world, checkpoints, save_every
         self.calls = 0  # optimizer steps seen by this process
         self.in_a_row = 0  # non-finite steps in a row, as of the last read
-        self.totals = {"nonfinite_steps": 0, SCALER_TOTAL: 0}
+        self.totals = {"nonfinite_steps": 0, SCALER_TOTAL: 0, **(totals or {})}  # a resumed run's carry on
         self._scaled = False  # whether a grad scaler decided the skips (amp)
         self._counts: torch.Tensor | None = None  # (window bad, window scaler skips, current run, call that hit N)
 
@@ -132,6 +134,15 @@ class DivergenceGuard:
         if self._scaled:
             metrics |= {"scaler_skipped_steps": scaler_window, "scaler_skipped_total": self.totals[SCALER_TOTAL]}
         return metrics
+
+    def totals_now(self) -> dict[str, int]:
+        """The totals including the steps since the last read, for a checkpoint (reads the device: call it where the
+        loop synchronises anyway; the next `read` still reports its window)."""
+        if self._counts is None:
+            return dict(self.totals)
+        window, scaler_window = self._counts[:2].tolist()
+        return {"nonfinite_steps": self.totals["nonfinite_steps"] + window,
+                SCALER_TOTAL: self.totals[SCALER_TOTAL] + scaler_window}  # fmt: skip
 
     def check(self, *, step: int, read: bool) -> bool:
         """Stop the run if `max_in_a_row` non-finite steps came in a row; else whether a checkpoint may be written

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     plan = zero_shot_plan(cfg.eval)  # bad zero-shot folders, class names or languages fail now, before any output
     run = setup(cfg)
     model, preprocess_train, preprocess_val = build_model(cfg, run.device, run.world)
-    tokenizer = open_mclip.get_tokenizer(
-        cfg.model.model, context_length=model.context_length, cache_dir=cfg.model.cache_dir
+    tokenizer = open_mclip.get_tokenizer(  # as open_clip_train: the config's length unless forced
+        cfg.model.model, context_length=cfg.model.force_context_length, cache_dir=cfg.model.cache_dir
     )
     data = build_data(cfg, run, preprocess_train=preprocess_train, preprocess_val=preprocess_val, tokenizer=tokenizer)
     evaluate = build_evaluator(cfg, run, plan=plan, val=data.get("val"), tokenizer=tokenizer, preprocess=preprocess_val)
@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
         return finish(evaluate(model, epoch=0, final=True), cfg=cfg, run=run)
 
     train, steps_per_epoch = data["train"], data["train"].num_batches // cfg.optim.accum_freq
-    stepper, scheduler = build_optimization(model, cfg, run, steps_per_epoch=steps_per_epoch)
+    stepper, scheduler = build_optimization(
+        model, cfg, run, steps_per_epoch=steps_per_epoch, context=tokenizer.context_length
+    )
     folder = run.folder / "checkpoints"
     state = resume.resume(
         cfg.checkpoint.resume,
@@ -77,15 +79,18 @@ def main(argv: list[str] | None = None) -> dict:
         steps_per_epoch=steps_per_epoch,
         remote=run.remote,
     )
-    saver = checkpoint.CheckpointWriter(folder, cfg, model=model, stepper=stepper, world=run.world, device=run.device)
-    train_model = wrap_for_training(model, model_cfg=cfg.model, system=cfg.system, world=run.world, device=run.device)
-    loss_fn = training_loss(cfg.loss, run.world)
     guard = DivergenceGuard(
         max_in_a_row=cfg.system.max_nonfinite_steps,
         world=run.world,
         checkpoints=lambda: checkpoint.local_candidates(folder),
         save_every=cfg.checkpoint.save_every_n_steps,
+        totals=state.guard_totals,
     )
+    saver = checkpoint.CheckpointWriter(
+        folder, cfg, model=model, stepper=stepper, world=run.world, device=run.device, guard=guard
+    )
+    train_model = wrap_for_training(model, model_cfg=cfg.model, system=cfg.system, world=run.world, device=run.device)
+    loss_fn = training_loss(cfg.loss, run.world)
     ctx = EpochContext(run.placement, cfg.optim.accum_freq, cfg.logging.log_every_n_steps, run.world, run.logger, guard)
     results = {}
     while state.epoch < cfg.schedule.epochs:
@@ -212,6 +217,13 @@ def build_model(cfg: TrainConfig, device: Device, world: World):
     if device.text_padding is not None and hasattr(model.text, "set_padding_free"):
         model.text.set_padding_free(True, **device.text_padding)  # the device bounds the text shapes it compiles
     lock_towers(model, cfg.lock)
+    tower = type(model.visual).__name__
+    if m.channels_last and not model.visual.channels_last_capable:
+        raise ValueError(f"--channels-last: the {tower} image tower has no convolution stages to lay out channels-last "
+                         "(ModifiedResNet towers have); drop the flag")  # fmt: skip
+    if m.channels_last or (m.channels_last is None and device.channels_last and model.visual.channels_last_capable):
+        model.visual.set_channels_last(True)
+        log.info("%s image tower in channels-last layout", tower)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
     device.seed(cfg.system.seed + world.rank)
@@ -263,9 +275,11 @@ def build_evaluator(
     )
 
 
-def build_optimization(model, cfg: TrainConfig, run: Run, *, steps_per_epoch: int) -> tuple[Stepper, Scheduler]:
-    """The Stepper (AdamW, grad scaler, clipping) and the learning-rate schedule."""
-    context = model.context_length  # None: a tower that does not say, and no table can be judged large
+def build_optimization(
+    model, cfg: TrainConfig, run: Run, *, steps_per_epoch: int, context: int | None
+) -> tuple[Stepper, Scheduler]:
+    """The Stepper (AdamW, grad scaler, clipping) and the learning-rate schedule; `context` is the tokenizer's
+    length (tokens per caption; None: unknown, and no token table can be judged large)."""
     tokens = None if context is None else cfg.data.batch_size * cfg.optim.accum_freq * run.world.world_size * context
     optimizer = create_optimizer(
         model, cfg.optim, device=run.device, model_name=cfg.model.model, tokens_per_step=tokens

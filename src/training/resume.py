@@ -34,6 +34,8 @@ from .checkpoint import (
     optimizer_names,
 )
 from .distributed import World, broadcast_object
+from .divergence import GUARD_TOTALS
+from .optim import NO_DECAY_SUBSTRINGS
 from .remote import RemoteSync, fetch_url, read_bytes
 from .stepper import Stepper
 from .train import LoopState
@@ -167,6 +169,7 @@ def restore(
     if "step" in saved:  # ours
         mid_epoch = saved["epoch_step"] > 0
         state = LoopState(saved["epoch"], saved["step"], saved["epoch_step"], saved["rng"] if mid_epoch else None)
+        state.guard_totals = dict(saved.get(GUARD_TOTALS, {}))  # absent before the guard's counts were saved
     else:  # open_clip_train's: saved at an epoch boundary
         state = LoopState(epoch=saved["epoch"], step=saved["epoch"] * steps_per_epoch)
     log.info("resumed from %s: epoch %d, step %d", source, state.epoch, state.step)
@@ -186,7 +189,7 @@ def open_clip_optimizer_names(saved: dict[str, Any], model: nn.Module) -> list[l
         if name in trainable:
             theirs = next(iter(to_open_clip({name: None}, layout=layout)))
             ndim = trainable[name].ndim
-            excluded = ndim < 2 or any(part in theirs for part in ("bn", "ln", "bias", "logit_scale"))
+            excluded = ndim < 2 or any(part in theirs for part in NO_DECAY_SUBSTRINGS)  # on open_clip's name
             groups[0 if excluded else 1].append(name)
     return groups
 

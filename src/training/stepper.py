@@ -55,5 +55,18 @@ class Stepper:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()` (a checkpoint without scaler state leaves a fresh scaler as it is)."""
         self.optimizer.load_state_dict(state["optimizer"])
+        match_param_layouts(self.optimizer)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+def match_param_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each loaded state tensor of a parameter's shape (the AdamW moments) the parameter's strides. A
+    checkpoint holds contiguous tensors, a channels-last parameter has others, and torch's fused AdamW on the CPU
+    reads the two buffers as if they had the same layout: the update would come out wrong without an error."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)

@@ -37,6 +37,7 @@ class LoopState:
     epoch_step: int = 0
     resume_rng: dict | None = None  # RNG state to restore after fast-forwarding a mid-epoch resume
     history: list = field(default_factory=list)  # the logged training metrics, one dict per logging step
+    guard_totals: dict = field(default_factory=dict)  # the divergence guard's counts up to the resumed checkpoint
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,13 @@ def test_a_nan_loss_at_one_step_is_skipped_and_counted_and_the_run_goes_on(
     assert [s for s, r in rows.items() if r["nonfinite_steps"]] == [5]
     names = _checkpoints_are_finite(run)
     assert "step_5.pt" not in names and "step_4.pt" in names and "step_6.pt" in names  # none right after the skip
+    saved = {name: load(run / "checkpoints" / name)["nonfinite_totals"]["nonfinite_steps"] for name in names}
+    assert saved["step_4.pt"] == 0 and saved["step_6.pt"] == saved["epoch_2.pt"] == 1
+    # a run resumed after the skip keeps counting from the checkpoint's total (without the poison this time)
+    monkeypatch.undo()
+    shutil.copy(run / "checkpoints" / "step_6.pt", tmp_path / "step_6.pt")
+    resumed = main(train_flags(logs=tmp_path, name="resumed", extra=f"--resume {tmp_path / 'step_6.pt'}"))
+    assert resumed["train"]["step"] == 16 and resumed["train"]["nonfinite_steps_total"] == 1
 
 
 @pytest.mark.e2e

@@ -452,7 +452,8 @@ def test_habana_style_config_head():
 def test_tiny_config_trains_with_the_real_tokenizer():
     model = create_model("mclip-tiny-xlmr")
     tokenizer = get_tokenizer("mclip-tiny-xlmr", tokenizer_file=str(XLMR_FILE))
-    assert isinstance(model.text, HFTextTower) and tokenizer.context_length == model.context_length == 77
+    assert isinstance(model.text, HFTextTower) and tokenizer.context_length == 77
+    assert model.context_length == model.text.hf_config.max_position_embeddings  # as open_clip: positions
     ids = tokenizer(TEXTS)
     assert ids[0, :5].tolist() == [0, 35378, 8999, 38, 2]  # "Hello world!" in XLM-R ids
     images = torch.randn(len(TEXTS), 3, 32, 32)

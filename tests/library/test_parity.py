@@ -15,6 +15,7 @@ import open_clip
 import pytest
 import torch
 
+import open_mclip
 from open_mclip import CLIP, ModelConfig, from_open_clip, to_open_clip
 from open_mclip.config import TimmConfig
 from open_mclip.convert import load_state_dict_strict
@@ -142,8 +143,11 @@ def _shipped(name: str) -> ModelConfig:
     return ModelConfig.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
 
 
-def _check_arch(name: str, photos, *, depth: int | None = None, hf_folder: Path | None = None) -> None:
-    """`hf_folder`: where a Hugging Face text tower's config is written, to build it without the hub."""
+def _check_arch(
+    name: str, photos, *, depth: int | None = None, hf_folder: Path | None = None, channels_last: bool = False
+) -> None:
+    """`hf_folder`: where a Hugging Face text tower's config is written, to build it without the hub;
+    `channels_last`: our image tower runs channels-last (NHWC), open_clip's as it is."""
     oc_cfg = open_clip.get_model_config(name)
     assert ModelConfig.from_dict(oc_cfg, source=name) == _shipped(name), "shipped config differs"
     if "hf_model_name" in oc_cfg["text_cfg"]:
@@ -166,7 +170,12 @@ def _check_arch(name: str, photos, *, depth: int | None = None, hf_folder: Path 
     with torch.device("meta") if on_meta else contextlib.nullcontext():
         ours = CLIP(cfg)
     load_state_dict_strict(ours, from_open_clip(ref.state_dict()), source=f"open_clip {name}", assign=on_meta)
+    if channels_last:
+        ours.visual.set_channels_last(True)
+        assert ours.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     _compare(ref, ours, *_inputs(photos, ref.visual.image_size, oc_cfg["text_cfg"]))
+    assert (ours.context_length, ours.vocab_size) == (ref.context_length, ref.vocab_size)  # HF towers: positions
+    assert open_mclip.get_model_tokenize_cfg(ours) == open_clip.get_model_tokenize_cfg(ref)
     exported = to_open_clip(ours.state_dict(), layout="custom_text" if custom_text else "clip")
     ref.load_state_dict(exported, strict=True)
 
@@ -179,6 +188,18 @@ def _slow_but(*fast: str):
 @pytest.mark.parametrize("name", _slow_but("ViT-B-32", "RN50", "ViT-S-16-alt")(SMALL))
 def test_parity_small(name, photos):
     _check_arch(name, photos)
+
+
+def test_parity_channels_last_resnet(photos):
+    # the trainer's default layout for ResNet towers on the CPU and CUDA: open_clip's features, to 1e-5
+    _check_arch("RN50", photos, depth=2, channels_last=True)
+
+
+def test_channels_last_is_refused_for_a_tower_without_convolutions():
+    model = open_mclip.create_model("mclip-tiny")
+    model.visual.set_channels_last(False)  # asking for the default layout is always fine
+    with pytest.raises(ValueError, match="channels-last layout is not available for this VisionTransformer"):
+        model.visual.set_channels_last(True)
 
 
 @pytest.mark.slow

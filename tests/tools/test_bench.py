@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import statistics
 
+import numpy as np
 import pytest
 import torch
 from bench import cases
 from bench.harness import OURS, REFERENCE, SIDES, Case, build, peak_memory, run_case, table
 from bench.run import main
+from PIL import Image
 
 # a CLIP both libraries build from the same open_clip config dict
 TINY = {
@@ -160,6 +162,37 @@ def test_trainers_run_the_same_command_line_and_log_every_step(tmp_path):
         assert result[side]["per_s"] == pytest.approx(statistics.median(result["runs"][side][0][1:]))
     assert result["speed_ratio"] == pytest.approx(result[OURS]["per_s"] / result[REFERENCE]["per_s"])
     assert json.loads(out.read_text())["result"]["speed_ratio"] == pytest.approx(result["speed_ratio"])
+
+
+def test_shards_become_one_csv_both_trainers_read(tmp_path, digits, png):
+    import pandas
+    import webdataset as wds
+    from bench.trainers import shard_csv
+
+    images, labels = digits
+    (tmp_path / "shards" / "train").mkdir(parents=True)
+    for shard in range(2):
+        with wds.TarWriter(str(tmp_path / "shards" / "train" / f"shard-{shard:06d}.tar")) as writer:
+            for i in range(3 * shard, 3 * shard + 3):
+                writer.write(
+                    {"__key__": f"train{i:06d}", "png": png(images[i]), "txt": f"a {labels[i]}", "json": b"{}"}
+                )
+    table = shard_csv(tmp_path / "shards", tmp_path / "csv")
+    rows = pandas.read_csv(table, sep="\t")  # as both trainers read it
+    assert rows["title"].tolist() == [f"a {labels[i]}" for i in range(6)]
+    first = Image.open(rows["filepath"][0])
+    assert np.array_equal(np.asarray(first), images[0])  # the shard's own PNG bytes
+    with wds.TarWriter(str(tmp_path / "shards" / "train" / "shard-000002.tar")) as writer:
+        writer.write({"__key__": "bad", "png": png(images[0]), "txt": "a\ttab"})
+    with pytest.raises(ValueError, match="holds a tab, newline or quote"):
+        shard_csv(tmp_path / "shards", tmp_path / "csv2")
+
+
+def test_trainers_shards_need_a_model_config():
+    from bench.trainers import main as trainers_main
+
+    with pytest.raises(SystemExit):
+        trainers_main(["--shards", "data/mnist-demo"])
 
 
 def test_trainers_refuse_to_skip_every_step():

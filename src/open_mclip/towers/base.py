@@ -18,6 +18,7 @@ class Tower(nn.Module):
     """
 
     output_dim: int
+    channels_last_capable = False  # whether `set_channels_last` may be enabled
 
     def lock_groups(self) -> tuple[list[nn.Parameter], list[list[nn.Parameter]], list[nn.Parameter]]:
         """(stem parameters, per-block parameters bottom to top, head parameters)."""
@@ -32,6 +33,14 @@ class Tower(nn.Module):
 
     def no_grad_checkpointing(self, reason: str) -> ValueError:
         return ValueError(f"gradient checkpointing is not available for this {type(self).__name__} tower: {reason}")
+
+    def set_channels_last(self, enable: bool = True) -> None:
+        """Lay out convolution weights and inputs channels-last (NHWC), for towers whose convolutions run faster
+        so (`channels_last_capable`); the features are the same to float rounding. Other towers are refused when
+        asked to enable it, as for gradient checkpointing."""
+        if enable:
+            raise ValueError(f"channels-last layout is not available for this {type(self).__name__} tower: it has no "
+                             "convolution stages it was measured for (ModifiedResNet has)")  # fmt: skip
 
     def no_weight_decay(self) -> set[str]:
         """Names (relative to this tower) of parameters that must not be weight-decayed besides 1-d ones."""

@@ -150,9 +150,11 @@ class HFTextTower(Tower, PaddingFree):
     def __init__(self, cfg: HFTextConfig, *, embed_dim: int):
         super().__init__()
         self.pooler_type = HF_POOLER_ALIASES.get(cfg.pooler_type, cfg.pooler_type)
-        self.context_length = cfg.context_length
         hf_config = _hf_config(cfg)
         self.hf_config = hf_config
+        # as open_clip's HFTextEncoder: the positions the transformer has (514 for XLM-R), not the tokenizer's
+        # length (the config's context_length, what get_tokenizer pads to)
+        self.context_length = getattr(hf_config, "max_position_embeddings", 0)
         self.vocab_size = getattr(hf_config, "vocab_size", None)
         self.pad_token_id = hf_config.pad_token_id
         if self.pad_token_id is None:

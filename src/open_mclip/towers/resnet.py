@@ -77,7 +77,13 @@ class AttentionPool2d(nn.Module):
 
 
 class ModifiedResNet(Tower):
-    """ResNet with a 3-conv stem, average-pool downsampling and an attention-pooling head (OpenAI CLIP)."""
+    """ResNet with a 3-conv stem, average-pool downsampling and an attention-pooling head (OpenAI CLIP).
+
+    `set_channels_last()` keeps the convolution weights and each batch of images channels-last (NHWC): an RN50
+    training step took 1.17x less time in fp32 and 1.18x in bf16 on a 2-core Xeon (docs/performance.md)."""
+
+    channels_last_capable = True
+    channels_last = False
 
     def __init__(self, cfg: ModifiedResNetConfig, *, embed_dim: int):
         super().__init__()
@@ -129,7 +135,13 @@ class ModifiedResNet(Tower):
     def no_weight_decay(self) -> set[str]:
         return {"attnpool.positional_embedding"}
 
+    def set_channels_last(self, enable: bool = True) -> None:
+        self.channels_last = enable
+        self.to(memory_format=torch.channels_last if enable else torch.contiguous_format)  # the 4-d conv weights
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         x = self.act1(self.bn1(self.conv1(images)))
         x = self.act2(self.bn2(self.conv2(x)))
         x = self.avgpool(self.act3(self.bn3(self.conv3(x))))  # (batch, width, h / 4, w / 4)
