@@ -182,6 +182,24 @@ def digits(mnist) -> tuple:
 
 
 @pytest.fixture(scope="session")
+def digit_csv(digits) -> Callable[..., Path]:
+    """`digit_csv(folder, count)`: the first `count` MNIST test digits as PNG files in `folder` and a tab-separated
+    `folder`/train.csv of (absolute path, "a handwritten L, sample i") rows, open_clip's default CSV layout."""
+    from PIL import Image
+
+    def write(folder: Path, count: int) -> Path:
+        images, labels = digits
+        rows = ["filepath\ttitle"]
+        for i in range(count):
+            Image.fromarray(images[i]).save(folder / f"{i}.png")
+            rows.append(f"{folder / f'{i}.png'}\ta handwritten {labels[i]}, sample {i}")
+        (folder / "train.csv").write_text("\n".join(rows) + "\n")
+        return folder / "train.csv"
+
+    return write
+
+
+@pytest.fixture(scope="session")
 def png() -> Callable:
     """`png(array)`: a uint8 image array encoded as PNG bytes (a shard entry, a file's content)."""
     import io

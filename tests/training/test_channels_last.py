@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from open_mclip.precision import Precision
 from training.checkpoint import load
@@ -66,15 +65,8 @@ def test_layouts_left_alone_when_they_already_match():
 
 
 @pytest.fixture(scope="module")
-def digit_csv(tmp_path_factory, digits) -> Path:
-    images, labels = digits
-    folder = tmp_path_factory.mktemp("digits")
-    rows = ["filepath\ttitle"]
-    for i in range(24):
-        Image.fromarray(images[i]).save(folder / f"{i}.png")
-        rows.append(f"{i}.png\ta handwritten {labels[i]}")
-    (folder / "digits.tsv").write_text("\n".join(rows) + "\n")
-    return folder / "digits.tsv"
+def table(tmp_path_factory, digit_csv) -> Path:
+    return digit_csv(tmp_path_factory.mktemp("digits"), 24)
 
 
 def _train(logs: Path, name: str, csv: Path, *extra: str) -> dict[str, torch.Tensor]:
@@ -85,17 +77,17 @@ def _train(logs: Path, name: str, csv: Path, *extra: str) -> dict[str, torch.Ten
 
 
 @pytest.mark.e2e
-def test_resnet_runs_channels_last_by_default_and_resumes_exactly(tmp_path, digit_csv, one_torch_thread):
-    straight = _train(tmp_path, "straight", digit_csv)
+def test_resnet_runs_channels_last_by_default_and_resumes_exactly(tmp_path, table, one_torch_thread):
+    straight = _train(tmp_path, "straight", table)
     assert "ModifiedResNet image tower in channels-last layout" in (tmp_path / "straight" / "out.log").read_text()
     convs = [k for k, v in straight.items() if v.dim() == 4]
     assert convs and all(straight[k].is_contiguous() for k in convs)  # checkpoints in the ordinary layout
     copy = tmp_path / "step_2.pt"
     shutil.copy(tmp_path / "straight" / "checkpoints" / "step_2.pt", copy)
-    resumed = _train(tmp_path, "resumed", digit_csv, "--resume", str(copy))
+    resumed = _train(tmp_path, "resumed", table, "--resume", str(copy))
     differ = [k for k in straight if not torch.equal(straight[k], resumed[k])]
     assert not differ, f"{len(differ)} tensors differ after the resume, e.g. {differ[:3]}"
-    _train(tmp_path, "nchw", digit_csv, "--no-channels-last")
+    _train(tmp_path, "nchw", table, "--no-channels-last")
     assert "channels-last" not in (tmp_path / "nchw" / "out.log").read_text()
     # the same training to float rounding: every step's loss (weights say less: AdamW lifts a rounding-sized
     # gradient of a near-zero element to a full lr-sized step), and the losses moved far more than the tolerance

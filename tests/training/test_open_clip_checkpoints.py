@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 import open_mclip
 from open_mclip.convert import from_open_clip
@@ -38,16 +37,9 @@ def configs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory, digits) -> Path:
+def table(tmp_path_factory, digit_csv) -> Path:
     """16 real MNIST digits as PNG files with distinct captions, in open_clip's default CSV layout."""
-    folder = tmp_path_factory.mktemp("digits")
-    images, labels = digits
-    rows = ["filepath\ttitle"]
-    for i in range(16):
-        Image.fromarray(images[i]).save(folder / f"{i}.png")
-        rows.append(f"{folder / f'{i}.png'}\ta handwritten {labels[i]}, sample {i}")
-    (folder / "train.csv").write_text("\n".join(rows) + "\n")
-    return folder / "train.csv"
+    return digit_csv(tmp_path_factory.mktemp("digits"), 16)
 
 
 def open_clip_train(configs: Path, *flags: str) -> None:
