@@ -135,7 +135,9 @@ def zero_shot(checkpoint: Path, *, model_dir: Path, shards: Path, scratch: Path,
     the model folder (as its open_clip_pytorch_model.bin) that `training.main` evaluates on `shards`/test."""
     import torch
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    from training.checkpoint import load  # names the file and the damage of one that does not read
+
+    state = load(checkpoint)["state_dict"]
     folder = scratch / f"eval-{checkpoint.parent.parent.name}"
     shutil.copytree(model_dir, folder)
     torch.save({k.removeprefix("module."): v for k, v in state.items()}, folder / "open_clip_pytorch_model.bin")

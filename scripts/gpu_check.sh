@@ -34,6 +34,9 @@ done
 timeout 120 $PY -m bench.run --suite gpu --device cuda --mfu --repeats 5 --only "ViT-B-16 b$FILL_BATCH " \
     --fill-batch "$FILL_BATCH" --out "$OUT/bench-fill.json" 2>&1 | tee "$OUT/bench-fill.log" \
     || echo "bench-fill: stopped ($?)" | tee -a "$OUT/bench-fill.log"
+timeout 90 $PY -m bench.run --suite gpu --device cuda --repeats 5 --no-memory --only "RN50 b128" \
+    --out "$OUT/bench-rn50-layout.json" 2>&1 | tee "$OUT/bench-rn50-layout.log" \
+    || echo "bench-rn50-layout: stopped ($?)" | tee -a "$OUT/bench-rn50-layout.log"  # channels-last vs NCHW
 timeout 240 $PY -m bench.run --suite gpu --device cuda --mfu --repeats 3 --no-memory --fill-batch "$FILL_BATCH" \
     --out "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench-gpu.log" \
     || echo "bench-gpu: stopped ($?)" | tee -a "$OUT/bench-gpu.log"

@@ -34,7 +34,8 @@ class Device:
     # torch's fused AdamW kernel (one pass over each tensor) exists for the CPU: on ViT-B-32 it took a tenth of the
     # per-parameter loop's time here (docs/performance.md); not verified on MPS, which keeps the loop
     fused_adamw = True
-    # a ResNet image tower's convolutions in NHWC: an RN50 step took 1.17x less time here (docs/performance.md)
+    # a ResNet image tower's convolutions in NHWC: an RN50 fp32 training step ran 1.23x faster here (bench, 3.06
+    # against 2.49 samples/s; docs/performance.md section 8)
     channels_last = True
 
     def __init__(self, index: int | None = None):
@@ -110,7 +111,9 @@ class CudaDevice(Device):
     type = "cuda"
     dist_backend = "nccl"
     pins_memory = True  # open_clip_train pins its shard and synthetic loaders too
-    channels_last = True  # cuDNN's tensor-core convolutions work in NHWC (bench `--suite gpu` measures RN50)
+    # NVIDIA's guidance for tensor-core convolutions under autocast; not measured by this project yet (the gpu
+    # suite's RN50 pair, in scripts/gpu_check.sh, does: ours channels-last and NCHW)
+    channels_last = True
 
     @classmethod
     def available(cls) -> bool:
