@@ -6,6 +6,8 @@ checkpoints map onto ours without renaming individual weights.
 
 from __future__ import annotations
 
+import functools
+import weakref
 from collections import OrderedDict
 
 import torch
@@ -33,36 +35,84 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
 
 
+_KEPT: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple, torch.Tensor]]] = weakref.WeakKeyDictionary()
+"""Inference's kept weight casts, per module; off the modules themselves, so `copy.deepcopy` and `torch.save` of a
+model do not copy or save them."""
+
+
+def _inference_dtype(weight: torch.Tensor | None) -> torch.dtype | None:
+    """The dtype autocast would cast `weight` to, when inference (autocast on, autograd off, not compiling) may keep
+    the cast; None otherwise (training, uncast dtypes, autocast off)."""
+    if weight is None or weight.dtype != torch.float32 or torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    device_type = weight.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
 def autocast_weight(module: nn.Module, name: str, weight: torch.Tensor | None) -> torch.Tensor | None:
-    """`weight` as autocast would cast it, kept on `module` until the weight changes, in inference only (autocast on,
+    """`weight` as autocast would cast it, kept for `module` until the weight changes, in inference only (autocast on,
     autograd off): autocast casts every weight again on every call, which took most of a bf16 forward's casting
     time here. Training (autograd on) and uncast dtypes get `weight` itself. Costs one low-precision weight copy."""
-    if weight is None or weight.dtype != torch.float32 or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    dtype = _inference_dtype(weight)
+    if dtype is None:
         return weight
-    device_type = weight.device.type
-    if not torch.is_autocast_enabled(device_type):
-        return weight
-    dtype = torch.get_autocast_dtype(device_type)
     key = (weight.data_ptr(), weight._version, dtype)  # in-place updates bump _version, `.to()`/`.data =` move data_ptr
-    cache = module.__dict__.setdefault("_autocast_weights", {})
+    cache = _KEPT.setdefault(module, {})
     hit = cache.get(name)
     if hit is None or hit[0] != key:
         hit = cache[name] = (key, weight.detach().to(dtype))
     return hit[1]
 
 
+@functools.cache
+def _amx_onednn() -> bool:
+    """A CPU with AMX tiles and a oneDNN with bf16 kernels: where calling oneDNN's linear directly was measured
+    (the same results as F.linear, faster); other CPUs keep F.linear."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private torch names: a torch without them keeps F.linear
+    onednn = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    return bool(onednn and amx and amx() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _onednn_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `linear` calls oneDNN's linear directly: bf16 inference on an AMX CPU (`_amx_onednn`). F.linear there
+    is an addmm that copies the bias into every output row and then accumulates onto it; oneDNN's linear adds the
+    bias inside its product, with bit-identical results (tests/library/test_autocast_weights.py)."""
+    return (
+        x.device.type == "cpu"
+        and x.dim() >= 2
+        and _inference_dtype(weight) == torch.bfloat16
+        and torch.backends.mkldnn.enabled
+        and _amx_onednn()
+    )
+
+
+def linear(module: nn.Module, x: torch.Tensor, weight_name: str = "weight", bias_name: str = "bias") -> torch.Tensor:
+    """F.linear(x, module.<weight_name>, module.<bias_name>) with inference's weight casts kept (`autocast_weight`);
+    in bf16 inference on the CPU through oneDNN's linear (`_onednn_bf16`)."""
+    weight = autocast_weight(module, weight_name, getattr(module, weight_name))
+    bias = autocast_weight(module, bias_name, getattr(module, bias_name))
+    if _onednn_bf16(x, getattr(module, weight_name)):
+        return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+def kept_weights(model: nn.Module) -> int:
+    """How many weight casts inference keeps for `model`'s modules (`autocast_weight`, `linear`)."""
+    return sum(len(_KEPT.get(module, {})) for module in model.modules())
+
+
 def drop_autocast_weights(model: nn.Module) -> int:
-    """Free the casts `autocast_weight` keeps on `model`'s modules (made again on the next inference call);
-    returns how many were dropped."""
-    return sum(len(module.__dict__.pop("_autocast_weights", {})) for module in model.modules())
+    """Free the casts inference keeps for `model`'s modules (made again on the next inference call); returns how
+    many were dropped."""
+    return sum(len(_KEPT.pop(module, {})) for module in model.modules())
 
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same results) whose inference under autocast casts its weights once
-    (`autocast_weight`) instead of on every call."""
+    (`linear`) instead of on every call."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, autocast_weight(self, "weight", self.weight), autocast_weight(self, "bias", self.bias))
+        return linear(self, x)
 
 
 class QuickGELU(nn.Module):
@@ -106,10 +156,8 @@ class Attention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def _in_proj(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return autocast_weight(self, "in_proj_weight", self.in_proj_weight), autocast_weight(
-            self, "in_proj_bias", self.in_proj_bias
-        )
+    def _in_proj(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(self, x, "in_proj_weight", "in_proj_bias")
 
     def forward(
         self,
@@ -123,7 +171,7 @@ class Attention(nn.Module):
         if segments is not None:
             return self.out_proj(self._attend_packed(x, segments, is_causal=is_causal))
         batch, tokens, width = x.shape
-        qkv = F.linear(x, *self._in_proj())  # (batch, tokens, 3 * width)
+        qkv = self._in_proj(x)  # (batch, tokens, 3 * width)
         if attn_mask is not None and attn_mask.dtype != torch.bool:
             attn_mask = attn_mask.to(qkv.dtype)
         out = self._attend(qkv, batch, tokens, attn_mask=attn_mask, is_causal=is_causal)
@@ -142,7 +190,7 @@ class Attention(nn.Module):
     def _attend_packed(self, x: torch.Tensor, segments: Segments, *, is_causal: bool) -> torch.Tensor:
         """(packed tokens, width) -> attention outputs before out_proj: one projection for all groups (so autocast
         casts each weight once), then attention within each group's rows."""
-        qkv = F.linear(x, *self._in_proj())  # (packed tokens, 3 * width)
+        qkv = self._in_proj(x)  # (packed tokens, 3 * width)
         outputs, start = [], 0
         for rows, tokens in segments:
             part = qkv[start : start + rows * tokens]

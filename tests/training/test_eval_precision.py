@@ -52,7 +52,7 @@ def test_evaluation_frees_the_weight_casts_inference_kept():
     import torch
 
     from open_mclip import create_model
-    from open_mclip.layers import drop_autocast_weights
+    from open_mclip.layers import drop_autocast_weights, kept_weights
     from training.config import EvalConfig
     from training.distributed import World
     from training.eval import Evaluator
@@ -72,7 +72,7 @@ def test_evaluation_frees_the_weight_casts_inference_kept():
         logger=None,
         workers=0,
     )
-    kept = sum(len(m.__dict__.get("_autocast_weights", {})) for m in model.modules())
+    kept = kept_weights(model)
     assert kept > 0
     evaluator(model, epoch=1, final=False)
     assert drop_autocast_weights(model) == 0
