@@ -67,6 +67,6 @@ setup(
         "training": ["demo_data/*.json"],
     },
     include_package_data=True,
-    install_requires=["torch>=2.1", "numpy", "Pillow", "ftfy", "regex", "huggingface_hub", "safetensors", "tqdm"],
+    install_requires=["torch>=2.4", "numpy", "Pillow", "ftfy", "regex", "huggingface_hub", "safetensors", "tqdm"],
     extras_require=EXTRAS,
 )

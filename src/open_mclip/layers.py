@@ -74,26 +74,40 @@ def _amx_onednn() -> bool:
 
 
 def _onednn_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether `linear` calls oneDNN's linear directly: bf16 inference on an AMX CPU (`_amx_onednn`). F.linear there
-    is an addmm that copies the bias into every output row and then accumulates onto it; oneDNN's linear adds the
-    bias inside its product, with bit-identical results (tests/library/test_autocast_weights.py)."""
-    return (
-        x.device.type == "cpu"
-        and x.dim() >= 2
-        and _inference_dtype(weight) == torch.bfloat16
-        and torch.backends.mkldnn.enabled
-        and _amx_onednn()
-    )
+    """Whether the CPU kernel of `_kept_linear` calls oneDNN's linear: bf16 on an AMX CPU (`_amx_onednn`). F.linear
+    there is an addmm that copies the bias into every output row and then accumulates onto it; oneDNN's linear adds
+    the bias inside its product, with bit-identical results (tests/library/test_autocast_weights.py)."""
+    return weight.dtype == torch.bfloat16 and x.dim() >= 2 and torch.backends.mkldnn.enabled and _amx_onednn()
+
+
+@torch.library.custom_op("open_mclip::kept_linear", mutates_args=())
+def _kept_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear on inference's kept casts. An op of its own so that torch's dispatcher picks the kernel by device,
+    as for its own ops: this one everywhere but the CPU."""
+    return F.linear(x, weight, bias)
+
+
+@_kept_linear.register_kernel("cpu")
+def _kept_linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if _onednn_bf16(x, weight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+@_kept_linear.register_fake
+def _kept_linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 def linear(module: nn.Module, x: torch.Tensor, weight_name: str = "weight", bias_name: str = "bias") -> torch.Tensor:
-    """F.linear(x, module.<weight_name>, module.<bias_name>) with inference's weight casts kept (`autocast_weight`);
-    in bf16 inference on the CPU through oneDNN's linear (`_onednn_bf16`)."""
-    weight = autocast_weight(module, weight_name, getattr(module, weight_name))
-    bias = autocast_weight(module, bias_name, getattr(module, bias_name))
-    if _onednn_bf16(x, getattr(module, weight_name)):
-        return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
+    """F.linear(x, module.<weight_name>, module.<bias_name>); in inference under autocast on the weights' kept casts
+    (`autocast_weight`), through oneDNN's linear in bf16 on an AMX CPU (`_kept_linear`)."""
+    weight, bias = getattr(module, weight_name), getattr(module, bias_name)
+    dtype = _inference_dtype(weight)
+    if dtype is None:
+        return F.linear(x, weight, bias)
+    kept = autocast_weight(module, weight_name, weight), autocast_weight(module, bias_name, bias)
+    return _kept_linear(x.to(dtype), *kept)  # x cast as autocast casts it
 
 
 def kept_weights(model: nn.Module) -> int:

@@ -92,13 +92,16 @@ def test_onednn_linear_is_taken_on_amx_cpus_only_and_keeps_open_clips_bf16_featu
     for got, expected in zip(ours, theirs):
         assert got.dtype == expected.dtype == torch.bfloat16
         assert torch.equal(got, expected)
-    weight, rows = model.visual.transformer.resblocks[0].mlp.c_fc.weight, torch.randn(5, 64)
+    taken.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        assert model.encode_image(images).dtype == torch.float16
+    assert len(taken) == 2 * 4 and not any(taken)  # fp16: the CPU kernel keeps F.linear
+    taken.clear()
     with torch.no_grad():
-        assert not decide(rows, weight)  # autocast off: fp32 F.linear
-        with torch.autocast("cpu", dtype=torch.float16):
-            assert not decide(rows, weight)
+        model.encode_image(images)  # autocast off: fp32 F.linear, no kept casts
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not decide(rows, weight)  # autograd on: training keeps F.linear
+        model.encode_image(images).sum().backward()  # autograd on: training keeps F.linear
+    assert taken == []
 
 
 def test_copies_and_saves_of_a_model_carry_no_kept_casts(model_and_inputs):
@@ -112,3 +115,13 @@ def test_copies_and_saves_of_a_model_carry_no_kept_casts(model_and_inputs):
     torch.save(copy.deepcopy(model), bare)
     assert abs(saved.tell() - bare.tell()) < 4096  # the 32 bf16 copies would add about 400 kB
     assert all(torch.equal(a, b) for a, b in zip(_features(duplicate, images, text), _features(model, images, text)))
+
+
+def test_kept_linear_is_a_well_formed_torch_op():
+    """`open_mclip::kept_linear` (torch's dispatcher picks its kernel by device): schema, shapes without data (fake
+    tensors, as torch.compile traces them) and dispatch pass torch's own op checks, with and without a bias."""
+    x, weight, bias = torch.randn(3, 5, 8).bfloat16(), torch.randn(4, 8).bfloat16(), torch.randn(4).bfloat16()
+    for args in ((x, weight, bias), (x, weight, None)):
+        results = torch.library.opcheck(layers._kept_linear, args)
+        assert set(results.values()) == {"SUCCESS"}, results
+        assert torch.equal(layers._kept_linear(*args), torch.nn.functional.linear(*args))

@@ -26,10 +26,6 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # a device name compared, or any `.type` compared with a variable; `.type` against another literal is a tower or
 # tensor kind ("timm", "meta"), not a device decision
 DEVICE_COMPARISON = re.compile(r"""(==|!=)\s*['"](cuda|hpu|mps|cpu)['"]|\.type\s*(==|!=)\s*(?!\s*['"])""")
-LIBRARY_KERNEL_CHOICES = {
-    # (file, line): why the library, which cannot import the trainer's Device, compares a device type there
-    ("open_mclip/layers.py", 'x.device.type == "cpu"'): "oneDNN's bf16 linear takes CPU tensors only (_onednn_bf16)",
-}
 LOG_EVERY_2 = ["--log-every-n-steps", "2"]  # 4 steps: logged at steps 2 and 4
 
 
@@ -73,15 +69,13 @@ def test_no_device_type_comparisons_outside_devices_py():
     assert DEVICE_COMPARISON.search("if args.device != 'hpu':")
     assert DEVICE_COMPARISON.search("x.device.type == kind") and not DEVICE_COMPARISON.search('t.device.type == "meta"')
     assert not DEVICE_COMPARISON.search('if vision.type == "timm":')  # a tower type, in the library
-    offenders, allowed = [], []
+    offenders = []
     for path in sorted(SRC.rglob("*.py")):
         if path == SRC / "training" / "devices.py":
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if DEVICE_COMPARISON.search(line):
-                where = (str(path.relative_to(SRC)), line.strip())
-                (allowed if where in LIBRARY_KERNEL_CHOICES else offenders).append(f"{where[0]}:{number}: {where[1]}")
-    assert len(allowed) == len(LIBRARY_KERNEL_CHOICES), f"an exemption matches no line any more: {allowed}"
+                offenders.append(f"{path.relative_to(SRC)}:{number}: {line.strip()}")
     assert not offenders, "device decisions belong in training/devices.py:\n" + "\n".join(offenders)
 
 
